@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: install, notebook/module sync check, notebook tests, pytest.
+# Usage: bash tools/test.sh            (what CI runs)
+#        SLOW=1 bash tools/test.sh     (also the #| slow notebook cells)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
+bash tools/setup.sh
+bash tools/check_sync.sh
+flags=""; [ "${SLOW:-0}" = 1 ] && flags="--flags slow"
+echo "== nbdev-test"
+.venv/bin/nbdev-test --n-workers 2 --timing $flags
+echo "== pytest"
+set +e
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+set -e
+[ $rc -eq 5 ] && { echo "pytest collected no tests" >&2; exit 1; }
+exit $rc
