@@ -14,16 +14,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .validate import FedHelloError
 
 # %% auto #0
-__all__ = ['PARTITION_SCHEMES', 'PATTERNS', 'STRATEGIES', 'HOLD_MODES', 'FIM_SCORES', 'FIM_LAYER_SCORES', 'FIM_MAPPINGS',
-           'DEFAULT_MODEL', 'DEFAULT_DATA', 'ModelConfig', 'LoraSettings', 'DataConfig', 'PartitionConfig',
-           'ClientsConfig', 'AllocationConfig', 'TrainConfig', 'EvalConfig', 'OutputConfig', 'ExperimentConfig',
-           'make_config', 'config_from_json', 'config_from_yaml', 'config_from_flat', 'load_config', 'parse_override',
+__all__ = ['PARTITION_SCHEMES', 'PATTERNS', 'STRATEGIES', 'RANK_STRATEGIES', 'HIER_STRATEGIES', 'ALL_STRATEGIES', 'RANK_SCALINGS',
+           'HOLD_MODES', 'FIM_SCORES', 'FIM_LAYER_SCORES', 'FIM_MAPPINGS', 'DEFAULT_MODEL', 'DEFAULT_DATA',
+           'ModelConfig', 'LoraSettings', 'DataConfig', 'PartitionConfig', 'ClientsConfig', 'AllocationConfig',
+           'RankConfig', 'HierConfig', 'TrainConfig', 'EvalConfig', 'OutputConfig', 'ExperimentConfig', 'make_config',
+           'config_from_json', 'config_from_yaml', 'config_from_flat', 'load_config', 'parse_override',
            'apply_overrides', 'config_fields']
 
 # %% ../nbs/01_config.ipynb #dea2593f
 PARTITION_SCHEMES = ('iid', 'dirichlet', 'pathological', 'quantity')
 PATTERNS = ('triangle', 'inverted_triangle', 'bottleneck', 'uniform', 'custom')
-STRATEGIES = ('fedhello', 'gd', 'rgd', 'fim', 'fedra', 'full', 'exclusive', 'straggler', 'depth')
+STRATEGIES = ('fedhello', 'gd', 'rgd', 'fim', 'fedra', 'full', 'exclusive', 'straggler', 'depth')  # layer allocation
+RANK_STRATEGIES = ('hetlora', 'flexlora', 'flora')   # rank heterogeneity baselines (every client trains all layers)
+HIER_STRATEGIES = ('hierfedlora',)                   # near-IID groups, per-group depth and frequency
+ALL_STRATEGIES = STRATEGIES + RANK_STRATEGIES + HIER_STRATEGIES
+RANK_SCALINGS = ('rank', 'global')
 HOLD_MODES = ('probability', 'allocation', 'none')
 FIM_SCORES = ('logprob', 'logit')
 FIM_LAYER_SCORES = ('frobenius', 'trace')
@@ -89,8 +94,9 @@ class ClientsConfig(_Section):
 
 class AllocationConfig(_Section):
     "Which LoRA layers each client trains (ALGORITHMS.md section 2)."
-    strategy: Literal['fedhello', 'gd', 'rgd', 'fim', 'fedra', 'full', 'exclusive', 'straggler', 'depth'] = Field(
-        'fedhello', description="Allocation strategy; 'fedhello' is RGD warm-up then FIM, 'full' is FedIT.")
+    strategy: Literal[ALL_STRATEGIES] = Field('fedhello', description=
+        "The method: a layer allocation ('fedhello' is RGD warm-up then FIM, 'full' is FedIT, ...), a rank baseline "
+        "('hetlora', 'flexlora', 'flora'), or 'hierfedlora'.")
     pattern: Literal['triangle', 'inverted_triangle', 'bottleneck', 'uniform', 'custom'] = Field(
         'bottleneck', description="Geometric pattern for gd, rgd, straggler and the RGD phase of fedhello.")
     custom_order: Optional[list[int]] = Field(None, description="Layer order for pattern 'custom' (a permutation of 0..L-1).")
@@ -106,6 +112,30 @@ class AllocationConfig(_Section):
     compat: Literal['paper', 'release'] = Field('paper', description=
         "'release' reproduces the released code: logit score, unordered clusters, hold none, uniform weights, frozen head.")
     seed: int = Field(0, description="Seed of the allocation draws.")
+
+class RankConfig(_Section):
+    "The rank-based baselines (HetLoRA, FlexLoRA, FLoRA): every client trains every layer at its class's rank."
+    ranks: Optional[list[int]] = Field(None, description=
+        "LoRA rank of each capacity class; None gives each class the trainable-parameter budget of its layer "
+        "capacity under Fed-HeLLo: max(1, round(lora.r * capacity / L)).")
+    scaling: Optional[Literal['rank', 'global']] = Field(None, description=
+        "LoRA scale of a client: alpha/r_k ('rank') or alpha/r_max ('global'); None is the method's default "
+        "(HetLoRA 'global', FlexLoRA and FLoRA 'rank').")
+    prune_ratio: Optional[float] = Field(None, gt=0, lt=1, description=
+        "HetLoRA self-pruning: drop trailing rank components whose norm is below this share of the largest; None is off.")
+
+class HierConfig(_Section):
+    "HierFedLoRA (ALGORITHMS.md section 4, a reconstruction): near-IID groups, R-UCB choice of depth and frequency."
+    num_groups: Optional[int] = Field(None, ge=1, description="K groups; None chooses K by a sweep.")
+    lam: float = Field(0.0, ge=0, description="Weight of the resource-imbalance term in the grouping objective J.")
+    depths: Optional[list[int]] = Field(None, description="Arm depths d (blocks from the output); None: L/4, L/2, 3L/4, L.")
+    taus: list[int] = Field([1, 2], min_length=1, description="Arm frequencies tau: intra-group aggregations per global round.")
+    exploration: float = Field(0.25, ge=0, description="UCB exploration constant c.")
+    deadline: Optional[float] = Field(None, gt=0, description="Simulated seconds an arm's round may take; None: no deadline.")
+    speeds: Optional[list[float]] = Field(None, description=
+        "Speed factor of each capacity class (1 is the reference device); None: capacity / L.")
+    target_accuracy: Optional[float] = Field(None, gt=0, le=1, description=
+        "Accuracy whose first crossing gives the simulated time-to-target in the results.")
 
 class TrainConfig(_Section):
     "Rounds and local training (ALGORITHMS.md section 3)."
@@ -136,7 +166,7 @@ class OutputConfig(_Section):
 
 # %% ../nbs/01_config.ipynb #0cfab212
 class ExperimentConfig(_Section):
-    "A whole experiment: nine sections, validated together."
+    "A whole experiment: eleven sections, validated together."
     name: str = Field('experiment', min_length=1, description="A label for the run, used in tables and plots.")
     model: ModelConfig = Field(default_factory=ModelConfig, description=ModelConfig.__doc__)
     lora: LoraSettings = Field(default_factory=LoraSettings, description=LoraSettings.__doc__)
@@ -144,6 +174,8 @@ class ExperimentConfig(_Section):
     partition: PartitionConfig = Field(default_factory=PartitionConfig, description=PartitionConfig.__doc__)
     clients: ClientsConfig = Field(default_factory=ClientsConfig, description=ClientsConfig.__doc__)
     allocation: AllocationConfig = Field(default_factory=AllocationConfig, description=AllocationConfig.__doc__)
+    rank: RankConfig = Field(default_factory=RankConfig, description=RankConfig.__doc__)
+    hier: HierConfig = Field(default_factory=HierConfig, description=HierConfig.__doc__)
     train: TrainConfig = Field(default_factory=TrainConfig, description=TrainConfig.__doc__)
     eval: EvalConfig = Field(default_factory=EvalConfig, description=EvalConfig.__doc__)
     output: OutputConfig = Field(default_factory=OutputConfig, description=OutputConfig.__doc__)
@@ -161,6 +193,19 @@ class ExperimentConfig(_Section):
                                     f'expected one fraction per capacity class ({len(c.capacities)})')
         if any(f < 0 for f in c.fractions) or abs(sum(c.fractions) - 1) > 1e-6:
             raise FedHelloError('clients.fractions', c.fractions, 'expected non-negative fractions that sum to 1')
+        for name, values in (('rank.ranks', self.rank.ranks), ('hier.speeds', self.hier.speeds)):
+            if values is not None and c.capacities is not None and len(values) != len(c.capacities):
+                raise FedHelloError(name, values, f'expected one value per capacity class ({len(c.capacities)})')
+            if values is not None and len(values) != len(c.fractions):
+                raise FedHelloError(name, values, f'expected one value per capacity class ({len(c.fractions)})')
+        if self.rank.ranks is not None and any(r < 1 for r in self.rank.ranks):
+            raise FedHelloError('rank.ranks', self.rank.ranks, 'expected ranks >= 1')
+        if self.hier.speeds is not None and any(v <= 0 for v in self.hier.speeds):
+            raise FedHelloError('hier.speeds', self.hier.speeds, 'expected positive speed factors')
+        if self.hier.depths is not None and (not self.hier.depths or any(d < 1 for d in self.hier.depths)):
+            raise FedHelloError('hier.depths', self.hier.depths, 'expected a non-empty list of depths >= 1')
+        if any(x < 1 for x in self.hier.taus):
+            raise FedHelloError('hier.taus', self.hier.taus, 'expected intra-group frequencies >= 1')
         a = self.allocation
         if a.custom_order is not None and a.pattern != 'custom':
             raise FedHelloError('allocation.custom_order', a.custom_order, "only used with allocation.pattern='custom'")
