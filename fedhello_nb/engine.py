@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from .validate import FedHelloError, check, check_int, check_number, check_choice
-from .config import ExperimentConfig, make_config
+from .config import ExperimentConfig, make_config, STRATEGIES
 from .data import load_data, make_dataset, make_loader
 from .partition import partition
 from .model import FedLoraModel, LoRA
@@ -25,9 +25,9 @@ from .runio import (prepare_run_dir, save_checkpoint, load_checkpoint, write_tab
                                atomic_write_text, rng_state, set_rng_state)
 
 # %% auto #0
-__all__ = ['FIM_STRATEGIES', 'METRIC_COLUMNS', 'derived_seed', 'select_clients', 'LocalTraining', 'TrainInstruction',
-           'LayerwiseStrategy', 'train_client', 'evaluate', 'macro_f1', 'resolve_device', 'Federation', 'run_round',
-           'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
+__all__ = ['FIM_STRATEGIES', 'METHOD_MODULES', 'METRIC_COLUMNS', 'derived_seed', 'select_clients', 'LocalTraining',
+           'TrainInstruction', 'LayerwiseStrategy', 'train_client', 'evaluate', 'macro_f1', 'resolve_device',
+           'Federation', 'build_strategy', 'run_round', 'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -211,6 +211,9 @@ def macro_f1(y_true, y_pred, num_classes:int) -> float:
 
 # %% ../nbs/13_engine.ipynb #f658540f
 FIM_STRATEGIES = ('fedhello', 'fim')
+# methods that are not a layer allocation live in their own modules, each with `build_strategy(fed)`
+METHOD_MODULES = {'hetlora': 'fedhello_nb.rank_methods', 'flexlora': 'fedhello_nb.rank_methods',
+                  'flora': 'fedhello_nb.rank_methods', 'hierfedlora': 'fedhello_nb.hierfedlora'}
 
 def resolve_device(device:str='auto') -> torch.device:
     "'auto' is CUDA when available, else CPU."
@@ -246,7 +249,7 @@ class Federation:
     partition: object            # the `Partition` (indices into `client_rows`)
     client_rows: np.ndarray      # rows of `train_set` that were partitioned (the proxy rows excluded)
     plan: CapacityPlan
-    strategy: LayerwiseStrategy
+    strategy: object             # `LayerwiseStrategy`, or another method's strategy (see `build_strategy`)
     device: torch.device
 
     @property
@@ -258,6 +261,7 @@ class Federation:
 
     @classmethod
     def from_config(cls, config:ExperimentConfig|dict) -> 'Federation':
+        "Load the model and data, take the proxy set, partition, plan capacities and build the strategy."
         cfg = config if isinstance(config, ExperimentConfig) else make_config(config)
         d, a, tr = cfg.data, cfg.allocation, cfg.train
         task = load_data(d.source, d.text_column, d.label_column, d.max_train, d.max_test, seed=tr.seed)
@@ -271,21 +275,28 @@ class Federation:
         if a.strategy in FIM_STRATEGIES:
             proxy_rows, client_rows = _take_proxy(labels, d.proxy_size, tr.seed)
             proxy_set = make(task.train.subset(proxy_rows))
-        else: proxy_rows, client_rows, proxy_set = None, np.arange(len(labels)), None
-        p = cfg.partition
-        part = partition(labels[client_rows], cfg.clients.num_clients, scheme=p.scheme, seed=p.seed, alpha=p.alpha,
+        else: client_rows, proxy_set = np.arange(len(labels)), None
+        p, c = cfg.partition, cfg.clients
+        part = partition(labels[client_rows], c.num_clients, scheme=p.scheme, seed=p.seed, alpha=p.alpha,
                          classes_per_client=p.classes_per_client, beta=p.beta, min_size=p.min_size,
                          label_names=task.label_names)
-        L = fm.num_blocks
-        c = cfg.clients
-        plan = CapacityPlan(c.capacities, c.fractions, c.num_clients, c.membership, seed=tr.seed, num_layers=L)
-        scorer = _fim_scorer(cfg, proxy_set, device) if proxy_set is not None else None
-        allocation = strategy_from_config(cfg, L, scorer)
-        release = a.compat == 'release'
-        strategy = LayerwiseStrategy(allocation, plan, LocalTraining.from_config(tr),
-                                     weights='uniform' if release else tr.weights,
-                                     head='frozen' if release else tr.head, seed=tr.seed)
-        return cls(cfg, fm, task, make(task.train), make(task.test), proxy_set, part, client_rows, plan, strategy, device)
+        plan = CapacityPlan(c.capacities, c.fractions, c.num_clients, c.membership, seed=tr.seed, num_layers=fm.num_blocks)
+        fed = cls(cfg, fm, task, make(task.train), make(task.test), proxy_set, part, client_rows, plan, None, device)
+        fed.strategy = build_strategy(fed)
+        return fed
+
+def build_strategy(fed:Federation):
+    "The round strategy of `fed.config.allocation.strategy`: a `LayerwiseStrategy`, or another method's strategy."
+    cfg = fed.config
+    a, tr = cfg.allocation, cfg.train
+    if a.strategy not in STRATEGIES:
+        import importlib
+        return importlib.import_module(METHOD_MODULES[a.strategy]).build_strategy(fed)
+    scorer = _fim_scorer(cfg, fed.proxy_set, fed.device) if fed.proxy_set is not None else None
+    release = a.compat == 'release'
+    return LayerwiseStrategy(strategy_from_config(cfg, fed.num_blocks, scorer), fed.plan, LocalTraining.from_config(tr),
+                             weights='uniform' if release else tr.weights,
+                             head='frozen' if release else tr.head, seed=tr.seed)
 
 def _fim_scorer(cfg:ExperimentConfig, proxy_set, device):
     "The FIM scorer the allocation strategy calls with the model holding the global state."
@@ -296,7 +307,8 @@ def _fim_scorer(cfg:ExperimentConfig, proxy_set, device):
 
 # %% ../nbs/13_engine.ipynb #37ce00e6
 def run_round(fed:Federation, round:int, state:dict[str, torch.Tensor]) -> tuple[dict, dict, list[dict]]:
-    "One round: (new global state, round row, client rows)."
+    "One round: (new global state, round row, client rows). A strategy with its own `run_round` runs that instead."
+    if hasattr(fed.strategy, 'run_round'): return fed.strategy.run_round(fed, round, state)
     cfg, t0 = fed.config, time.perf_counter()
     c, tr = cfg.clients, cfg.train
     clients = select_clients(c.num_clients, c.per_round, tr.seed, round)
