@@ -1,0 +1,133 @@
+"""fedhello_nb on Flower's deployment runtime: a real SuperLink and SuperNodes on 127.0.0.1 against the in-process engine.
+
+Needs the `flower` extra (`pip install -e ".[dev,flower]"`); skipped without it. Every process the deployment
+starts (SuperLink, SuperNodes, `flwr run`, and the SuperExec / App processes they start) is stopped at the end,
+also when a test fails, and the teardown checks that none is left.
+"""
+import os
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+import time
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+
+flwr = pytest.importorskip('flwr')
+psutil = pytest.importorskip('psutil')
+
+from fedhello_nb.config import make_config
+from fedhello_nb.engine import Federation, run_experiment, select_clients
+from fedhello_nb.runio import load_checkpoint, read_table
+from fedhello_nb.flower import LocalDeployment, ServerOptions, write_app
+
+# 3 clients, 2 per round, capacities 1 (client 0) and 2 (clients 1, 2) of tiny-bert's 4 blocks
+EXPERIMENT = dict(model={'name': 'tiny-bert'}, data={'max_train': 300, 'max_test': 60},
+                  partition={'scheme': 'dirichlet', 'alpha': 1.0},
+                  clients={'num_clients': 3, 'per_round': 2, 'capacities': [1, 2], 'fractions': [1/3, 2/3]},
+                  allocation={'strategy': 'rgd'},
+                  train={'rounds': 2, 'local_steps': 2, 'batch_size': 8, 'lr': 1e-2, 'device': 'cpu'},
+                  output={'quiet': True})
+GOOD_NODES = [{'partition-id': 0, 'capacity': 1, 'num-partitions': 3}, {'partition-id': 1, 'capacity': 2}, {'partition-id': 2}]
+BAD_NODES = [{'num-partitions': 3}, {'partition-id': 1, 'capacity': 9}]   # no partition id; capacity above L=4
+
+
+@pytest.fixture(scope='module')
+def deployment(tmp_path_factory):
+    work = tmp_path_factory.mktemp('flower')
+    dep = LocalDeployment(GOOD_NODES + BAD_NODES, work/'deploy')
+    seen = []
+    try:
+        dep.start()
+        yield dep
+        seen = dep.processes()
+    finally:
+        dep.stop()
+    time.sleep(0.5)
+    alive = [p for p in seen if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f'processes left running: {alive}'
+
+
+def _experiment(path:Path, **over):
+    cfg = make_config(EXPERIMENT, **over)
+    cfg.save(path/'experiment.json')
+    return cfg
+
+
+@pytest.fixture(scope='module')
+def flower_run(deployment, tmp_path_factory):
+    "Two rounds on the deployment: (run folder, seconds)."
+    work = tmp_path_factory.mktemp('run')
+    _experiment(work, **{'output.dir': str(work/'out')})
+    app = write_app(work/'app', experiment=str(work/'experiment.json'),
+                    options=ServerOptions(reply_timeout=180, node_wait=60, min_nodes=5))
+    t0 = time.perf_counter()
+    p = deployment.run(app, timeout=300)
+    seconds = time.perf_counter() - t0
+    print(f'flwr run (2 rounds, 3 SuperNodes + 2 refused): {seconds:.1f} s')
+    assert (work/'out'/'summary.json').exists(), f'flwr run exited {p.returncode}; log:\n' + deployment.log()[-4000:]
+    return work/'out', seconds
+
+
+def test_flower_equals_engine(flower_run, tmp_path):
+    run_dir, seconds = flower_run
+    ref = run_experiment(make_config(EXPERIMENT, **{'output.dir': str(tmp_path/'ref')}))
+    fl_rounds, fl_clients = read_table(run_dir/'rounds.csv'), read_table(run_dir/'clients.csv')
+    # same clients, same allocations, everyone replied
+    assert fl_rounds['selected'].tolist() == ref.rounds['selected'].tolist()
+    assert fl_rounds['replied'].tolist() == ref.rounds['replied'].tolist() == [2, 2]
+    cols = ['round', 'client', 'capacity', 'blocks', 'samples', 'status', 'steps']
+    assert fl_clients[cols].astype(str).values.tolist() == ref.clients[cols].astype(str).values.tolist()
+    np.testing.assert_allclose(fl_clients['loss'], ref.clients['loss'], rtol=1e-4, atol=1e-5)
+    # the same aggregated tensors
+    tensors, saved = load_checkpoint(run_dir)
+    assert saved['round'] == 2
+    assert set(ref.state) <= set(tensors)
+    for k, v in ref.state.items():
+        torch.testing.assert_close(tensors[k].float(), v.float(), rtol=1e-4, atol=1e-5, msg=lambda m: f'{k}: {m}')
+    # the run really trained: some global tensors moved away from the initial state
+    init = Federation.from_config(make_config(EXPERIMENT)).fm.state()
+    assert any(not torch.allclose(tensors[k].float(), init[k].float(), atol=1e-6) for k in init)
+    np.testing.assert_allclose(fl_rounds['accuracy'], ref.rounds['accuracy'], atol=1e-6)
+
+
+def test_bad_node_configuration_refused(flower_run, deployment):
+    run_dir, _ = flower_run
+    nodes = read_table(run_dir/'nodes.csv')
+    assert sorted(nodes.loc[nodes.status == 'ok', 'client'].tolist()) == [0, 1, 2]
+    reasons = nodes.loc[nodes.status == 'refused', 'reason'].tolist()
+    assert len(reasons) == 2, nodes
+    assert any('invalid node_config.partition-id=None' in r for r in reasons), reasons
+    assert any('invalid node_config.capacity=9: expected an integer >= 1 and <= 4' in r for r in reasons), reasons
+    # the refusal is also in the nodes' own logs
+    logs = deployment.log('supernode3.log') + deployment.log('supernode4.log')
+    assert 'fedhello node refused the query message' in logs
+
+
+def test_dead_node_does_not_hang_the_run(deployment, flower_run, tmp_path):
+    "Kill the SuperNode of a selected client while it trains: the round aggregates the other reply, the failure is recorded."
+    cfg = _experiment(tmp_path, **{'output.dir': str(tmp_path/'out'), 'train.rounds': 1})
+    victim = select_clients(3, 2, cfg.train.seed, 0)[0]
+    app = write_app(tmp_path/'app', experiment=str(tmp_path/'experiment.json'),
+                    options=ServerOptions(reply_timeout=45, node_wait=30, min_nodes=5))
+    t0 = time.perf_counter()
+    p = deployment.run(app, timeout=240, wait=False)
+    try:
+        # wait until the victim's node runs a ClientApp for this run's train message, then kill the node
+        node = deployment.nodes[victim]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            kids = [c for c in psutil.Process(node.pid).children(recursive=True) if 'clientapp' in ' '.join(c.cmdline()).lower()]
+            if kids and (tmp_path/'out'/'nodes.csv').exists(): break
+            time.sleep(0.2)
+        else: pytest.fail('the victim node never started a ClientApp')
+        deployment.kill_node(victim)
+        p.wait(200)
+    finally:
+        if p.poll() is None: deployment._kill(p)
+    seconds = time.perf_counter() - t0
+    print(f'flwr run with a node killed in round 0: {seconds:.1f} s')
+    rounds, clients = read_table(tmp_path/'out'/'rounds.csv'), read_table(tmp_path/'out'/'clients.csv')
+    assert rounds['selected'].tolist() == [2] and rounds['replied'].tolist() == [1] and rounds['failed'].tolist() == [1]
+    row = clients.set_index('client').loc[victim]
+    assert row['status'] == 'failed' and 'no reply within 45 s' in row['error']
+    assert rounds['status'].tolist() == ['ok']
