@@ -21,6 +21,7 @@ from .partition import partition
 from .model import FedLoraModel, LoRA
 from .allocation import AllocationMap, AllocationStrategy, CapacityPlan, strategy_from_config
 from .aggregate import ClientUpdate, layerwise_average
+from .fim import proxy_indices, scorer_from_config
 from .runio import (prepare_run_dir, save_checkpoint, load_checkpoint, write_table, atomic_write,
                                atomic_write_text, rng_state, set_rng_state)
 
@@ -221,22 +222,6 @@ def resolve_device(device:str='auto') -> torch.device:
     try: return torch.device(device)
     except RuntimeError: raise FedHelloError('train.device', device, "expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
 
-def _take_proxy(labels:np.ndarray, n:int, seed:int) -> tuple[np.ndarray, np.ndarray]:
-    "Split `n` rows (stratified by label, seeded) off the training pool: (proxy rows, remaining rows)."
-    rng = np.random.default_rng([seed, 7])
-    n = min(n, len(labels) - 1)
-    check(n >= 1, 'data.proxy_size', n, 'expected a proxy set of at least one row, leaving the clients at least one')
-    order = rng.permutation(len(labels))
-    # round-robin over classes in the shuffled order, so every class is represented in proportion
-    by_class = {}
-    for i in order: by_class.setdefault(int(labels[i]), []).append(i)
-    queues, proxy = [list(v) for _,v in sorted(by_class.items())], []
-    while len(proxy) < n:
-        for q in queues:
-            if q and len(proxy) < n: proxy.append(q.pop(0))
-    proxy = np.sort(np.array(proxy))
-    return proxy, np.setdiff1d(np.arange(len(labels)), proxy)
-
 @dataclass
 class Federation:
     "Everything a run needs, built once from a configuration."
@@ -273,7 +258,7 @@ class Federation:
                                           max_length=cfg.model.max_length)
         labels = np.asarray(task.train.labels)
         if a.strategy in FIM_STRATEGIES:
-            proxy_rows, client_rows = _take_proxy(labels, d.proxy_size, tr.seed)
+            client_rows, proxy_rows = proxy_indices(labels, d.proxy_size, seed=tr.seed)
             proxy_set = make(task.train.subset(proxy_rows))
         else: client_rows, proxy_set = np.arange(len(labels)), None
         p, c = cfg.partition, cfg.clients
@@ -300,10 +285,7 @@ def build_strategy(fed:Federation):
 
 def _fim_scorer(cfg:ExperimentConfig, proxy_set, device):
     "The FIM scorer the allocation strategy calls with the model holding the global state."
-    from fedhello_nb.fim import fim_scorer
-    a = cfg.allocation
-    return fim_scorer(proxy_set, score='logit' if a.compat == 'release' else a.fim_score,
-                      layer_score=a.fim_layer_score, batch_size=cfg.eval.batch_size, device=device)
+    return scorer_from_config(cfg, proxy_set, batch_size=cfg.eval.batch_size, device=device)
 
 # %% ../nbs/13_engine.ipynb #37ce00e6
 def run_round(fed:Federation, round:int, state:dict[str, torch.Tensor]) -> tuple[dict, dict, list[dict]]:
