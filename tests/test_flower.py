@@ -103,6 +103,18 @@ def test_bad_node_configuration_refused(flower_run, deployment):
     assert 'fedhello node refused the query message' in logs
 
 
+def _clientapps(pid:int) -> list:
+    "Live ClientApp processes below `pid`."
+    out = []
+    for c in psutil.Process(pid).children(recursive=True):
+        try:
+            if 'clientapp' in ' '.join(c.cmdline()).lower(): out.append(c)
+        except psutil.Error: pass
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get('SLOW') != '1', reason='waits out a reply timeout (about 80 s on 2 busy cores); SLOW=1 runs it')
 def test_dead_node_does_not_hang_the_run(deployment, flower_run, tmp_path):
     "Kill the SuperNode of a selected client while it trains: the round aggregates the other reply, the failure is recorded."
     cfg = _experiment(tmp_path, **{'output.dir': str(tmp_path/'out'), 'train.rounds': 1})
@@ -116,7 +128,7 @@ def test_dead_node_does_not_hang_the_run(deployment, flower_run, tmp_path):
         node = deployment.nodes[victim]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            kids = [c for c in psutil.Process(node.pid).children(recursive=True) if 'clientapp' in ' '.join(c.cmdline()).lower()]
+            kids = _clientapps(node.pid)
             if kids and (tmp_path/'out'/'nodes.csv').exists(): break
             time.sleep(0.2)
         else: pytest.fail('the victim node never started a ClientApp')
