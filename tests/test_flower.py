@@ -68,9 +68,24 @@ def flower_run(deployment, tmp_path_factory):
     return work/'out', seconds
 
 
-def test_flower_equals_engine(flower_run, tmp_path):
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+    "The same experiment in-process (`run_experiment`)."
+    return run_experiment(make_config(EXPERIMENT, **{'output.dir': str(tmp_path_factory.mktemp('ref')/'out')}))
+
+
+def _same_tensors(run_dir:Path, ref):
+    tensors, saved = load_checkpoint(run_dir)
+    assert saved['round'] == EXPERIMENT['train']['rounds']
+    assert set(ref.state) <= set(tensors)
+    for k, v in ref.state.items():
+        torch.testing.assert_close(tensors[k].float(), v.float(), rtol=1e-4, atol=1e-5, msg=lambda m: f'{k}: {m}')
+    return tensors
+
+
+def test_flower_equals_engine(flower_run, reference):
     run_dir, seconds = flower_run
-    ref = run_experiment(make_config(EXPERIMENT, **{'output.dir': str(tmp_path/'ref')}))
+    ref = reference
     fl_rounds, fl_clients = read_table(run_dir/'rounds.csv'), read_table(run_dir/'clients.csv')
     # same clients, same allocations, everyone replied
     assert fl_rounds['selected'].tolist() == ref.rounds['selected'].tolist()
@@ -79,11 +94,7 @@ def test_flower_equals_engine(flower_run, tmp_path):
     assert fl_clients[cols].astype(str).values.tolist() == ref.clients[cols].astype(str).values.tolist()
     np.testing.assert_allclose(fl_clients['loss'], ref.clients['loss'], rtol=1e-4, atol=1e-5)
     # the same aggregated tensors
-    tensors, saved = load_checkpoint(run_dir)
-    assert saved['round'] == 2
-    assert set(ref.state) <= set(tensors)
-    for k, v in ref.state.items():
-        torch.testing.assert_close(tensors[k].float(), v.float(), rtol=1e-4, atol=1e-5, msg=lambda m: f'{k}: {m}')
+    tensors = _same_tensors(run_dir, ref)
     # the run really trained: some global tensors moved away from the initial state
     init = Federation.from_config(make_config(EXPERIMENT)).fm.state()
     assert any(not torch.allclose(tensors[k].float(), init[k].float(), atol=1e-6) for k in init)
@@ -143,3 +154,25 @@ def test_dead_node_does_not_hang_the_run(deployment, flower_run, tmp_path):
     row = clients.set_index('client').loc[victim]
     assert row['status'] == 'failed' and 'no reply within 45 s' in row['error']
     assert rounds['status'].tolist() == ['ok']
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get('SLOW') != '1', reason='starts Ray (about 70 s on 2 busy cores); SLOW=1 runs it')
+def test_simulation_runtime_equals_engine(reference, tmp_path):
+    "The same App on Flower's simulation runtime (Ray): three simulated SuperNodes, the same tensors."
+    pytest.importorskip('ray')
+    _experiment(tmp_path, **{'output.dir': str(tmp_path/'out')})
+    app = write_app(tmp_path/'app', experiment=str(tmp_path/'experiment.json'), options=ServerOptions(reply_timeout=180, node_wait=60))
+    dep = LocalDeployment([], tmp_path/'deploy', simulation=3)
+    seen = []
+    try:
+        dep.start()
+        t0 = time.perf_counter()
+        p = dep.run(app, timeout=300)
+        print(f'flwr run on the simulation runtime (3 simulated nodes, 2 rounds): {time.perf_counter() - t0:.1f} s')
+        seen = dep.processes()
+        assert (tmp_path/'out'/'summary.json').exists(), f'flwr run exited {p.returncode}; log:\n' + dep.log()[-4000:]
+    finally:
+        dep.stop()
+    _same_tensors(tmp_path/'out', reference)
+    assert read_table(tmp_path/'out'/'rounds.csv')['replied'].tolist() == [2, 2]
