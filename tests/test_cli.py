@@ -1,0 +1,82 @@
+"""The `fedhello` console script: exit codes and messages scripts can rely on, and a tiny run end to end."""
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+import yaml
+
+FEDHELLO = str(Path(sys.executable).parent/'fedhello')
+TINY = ['-p', 'model.name', 'tiny-bert', '-p', 'data.max_train', '160', '-p', 'data.max_test', '60',
+        '-p', 'clients.num_clients', '4', '-p', 'clients.per_round', '2', '-p', 'allocation.strategy', 'rgd',
+        '-p', 'train.rounds', '2', '-p', 'train.local_steps', '1', '-p', 'train.batch_size', '8']
+
+
+def fedhello(*args, cwd=None):
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg'}
+    return subprocess.run([FEDHELLO, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_bad_parameter_name():
+    r = fedhello('run', '-p', 'train.lrr', '0.1')
+    assert r.returncode == 2 and r.stdout == ''
+    assert r.stderr.startswith('fedhello: error: invalid train.lrr=0.1: unknown field; known fields: ')
+
+
+def test_bad_value():
+    r = fedhello('run', '-p', 'train.lr', '-1')
+    assert r.returncode == 2 and r.stdout == ''
+    assert r.stderr.startswith('fedhello: error: invalid train.lr=-1') and 'greater than 0' in r.stderr
+    r = fedhello('config', '-p', 'allocation.strategy', 'fedhell')
+    assert r.returncode == 2 and "invalid allocation.strategy='fedhell'" in r.stderr
+
+
+def test_usage_and_missing_files(tmp_path):
+    assert fedhello().returncode == 2                                  # no command
+    assert fedhello('run', '-p', 'train.lr').returncode == 2           # -p needs KEY VALUE
+    r = fedhello('run', tmp_path/'none.yaml')
+    assert r.returncode == 2 and 'invalid config=' in r.stderr
+    r = fedhello('sweep', tmp_path/'none.yaml')
+    assert r.returncode == 2 and 'invalid sweep=' in r.stderr
+    r = fedhello('report', tmp_path)
+    assert r.returncode == 2 and 'invalid sweep_dir=' in r.stderr
+
+
+def test_config_prints_valid_yaml(tmp_path):
+    r = fedhello('config', '-p', 'train.rounds', '7', '-p', 'clients.fractions', '[0.6, 0.3, 0.1]')
+    assert r.returncode == 0
+    d = yaml.safe_load(r.stdout)
+    assert d['train']['rounds'] == 7 and d['clients']['fractions'] == [0.6, 0.3, 0.1]
+    (tmp_path/'c.yaml').write_text(r.stdout)
+    r2 = fedhello('config', tmp_path/'c.yaml', '-p', 'train.lr', '0.01')
+    assert r2.returncode == 0 and yaml.safe_load(r2.stdout)['train']['rounds'] == 7
+    r3 = fedhello('config', '--fields')
+    assert r3.returncode == 0 and 'allocation.strategy' in r3.stdout
+
+
+def test_run_tiny(tmp_path):
+    out = tmp_path/'r'
+    r = fedhello('run', *TINY, '--out', out, '--quiet')
+    assert r.returncode == 0, r.stderr
+    assert f'results: {out}/' in r.stdout and 'final accuracy: ' in r.stdout
+    for f in ('rounds.csv', 'clients.csv', 'metric.png', 'trainers.png', 'config.json', 'summary.json'):
+        assert (out/f).is_file(), f
+    assert json.loads((out/'summary.json').read_text())['rounds'] == 2
+    # the same finished run again: nothing to do, exit 0; another configuration into the folder: refused, exit 2
+    again = fedhello('run', *TINY, '--out', out, '--quiet')
+    assert again.returncode == 0 and 'nothing to do' in again.stderr and 'final accuracy: ' in again.stdout
+    other = fedhello('run', *TINY, '-p', 'train.lr', '0.5', '--out', out, '--quiet')
+    assert other.returncode == 2 and 'holds the results of another run' in other.stderr and '--resume' in other.stderr
+    # a config file plus overrides
+    (tmp_path/'c.yaml').write_text(fedhello('config', *TINY).stdout)
+    r = fedhello('run', tmp_path/'c.yaml', '-p', 'train.rounds', '1', '--out', tmp_path/'r2', '--quiet')
+    assert r.returncode == 0 and 'after 1 rounds' in r.stdout
+
+
+def test_sweep_exit_code_on_failure(tmp_path):
+    spec = {'name': 's', 'base': {'model.name': 'tiny-bert', 'data.max_train': 160, 'data.max_test': 60,
+                                  'clients': {'num_clients': 4, 'per_round': 2}, 'train': {'rounds': 1, 'local_steps': 1}},
+            'runs': [{'allocation.strategy': 'rgd'}, {'data.source': 'no/such/folder'}]}
+    (tmp_path/'s.yaml').write_text(yaml.safe_dump(spec))
+    r = fedhello('sweep', tmp_path/'s.yaml', '--direct', '--out', tmp_path/'out', '--quiet')
+    assert r.returncode == 1
+    assert '1/2 runs ok' in r.stdout and 'failed: source-no-such-folder' in r.stderr
+    assert (tmp_path/'out'/'runs.csv').is_file()
