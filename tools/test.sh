@@ -10,7 +10,8 @@ bash tools/setup.sh
 bash tools/check_sync.sh
 flags=""; [ "${SLOW:-0}" = 1 ] && flags="--flags slow"
 echo "== nbdev-test"
-.venv/bin/nbdev-test --n-workers 2 --timing $flags
+# two notebooks at a time on two cores: one thread each, or they oversubscribe the CPU
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/nbdev-test --n-workers 2 --timing $flags
 echo "== pytest"
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
