@@ -8,11 +8,17 @@ client selection, local optimiser and evaluation; only `allocation.strategy` dif
     python bench/compare_methods.py --methods fedhello fedra hetlora --seeds 0 --rounds 5
     python bench/compare_methods.py --set lora.r=16 --set train.lr=0.005   # any configuration field
 
-Writes into --out: results.csv (method, partition, seed, final_accuracy, best_accuracy, rounds, seconds, ...),
-curves.csv (accuracy per round), summary.csv (mean and std over seeds), final_accuracy.png,
-accuracy_per_round.png, and one engine run folder per (method, partition, seed) under runs/. A finished run is not
-repeated when the command is started again with the same settings (delete --out or pass --fresh to redo it), so an
-interrupted grid continues where it stopped.
+The grid is a sweep of the papermill batch runner (`fedhello_nb.batch.run_sweep`): base configuration = the
+shared settings, grid = partition.scheme x allocation.strategy, runs = one parameter set per seed (train.seed,
+partition.seed and allocation.seed together). `--papermill` executes every run as the experiment template notebook
+(nbs/experiment.ipynb) under papermill; the default runs the same sets in-process (no kernel start per run).
+The sweep folder (--out/sweep: sweep.json, base.yaml, one folder per run with run.json) resumes: a finished run is
+not repeated when the command is started again with the same settings, so an interrupted grid continues where it
+stopped. `fedhello_nb.batch` missing, an in-process loop does the same.
+
+Writes into --out: results.csv (method, partition, seed, final_accuracy, best_accuracy, rounds, seconds, status),
+curves.csv (accuracy per round), summary.csv (mean and std over seeds), final_accuracy.png and
+accuracy_per_round.png, and prints the table.
 """
 from __future__ import annotations
 import argparse, importlib.util, json, os, shutil, sys, time
@@ -21,20 +27,21 @@ from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
-# method name in the table -> (allocation.strategy, extra overrides)
-METHODS = {
-    'full':        ('full', {}),                            # FedIT: every client trains every layer (upper bound)
-    'fedhello':    ('fedhello', {}),                        # RGD warm-up, then FIM-HLA (the Fed-HeLLo schedule)
-    'rgd':         ('rgd', {'allocation.pattern': 'bottleneck'}),  # RGD-HLA, Bottleneck, alone
-    'fim':         ('fim', {}),                             # FIM-HLA alone
-    'fedra':       ('fedra', {}),                           # c_k layers uniformly at random
-    'exclusive':   ('exclusive', {}),                       # only full-capacity clients train
-    'straggler':   ('straggler', {}),                       # everyone trains the smallest capacity's layers
-    'hetlora':     ('hetlora', {}),
-    'flexlora':    ('flexlora', {}),
-    'flora':       ('flora', {}),
-    'hierfedlora': ('hierfedlora', {}),                     # only when fedhello_nb.hierfedlora exists
-}
+# the methods of the comparison, each an `allocation.strategy` of the engine (all with the Bottleneck pattern where
+# a pattern applies: the RGD warm-up of fedhello, rgd, straggler's common set)
+METHODS = (
+    'full',         # FedIT: every client trains every layer (ignores capacity; the upper bound)
+    'fedhello',     # the Fed-HeLLo schedule: RGD-HLA warm-up, then FIM-HLA
+    'rgd',          # RGD-HLA (Bottleneck) alone
+    'fim',          # FIM-HLA alone
+    'fedra',        # c_k layers uniformly at random
+    'exclusive',    # only full-capacity clients train
+    'straggler',    # every client trains the smallest capacity's layers
+    'hetlora',      # rank baselines: every layer, rank by capacity class (equal parameter budget)
+    'flexlora',
+    'flora',
+    'hierfedlora',  # only when fedhello_nb.hierfedlora exists
+)
 PARTITIONS = ('iid', 'dirichlet', 'pathological')
 
 # The default grid: 10 methods (11 with HierFedLoRA) x 3 partitions x 3 seeds = 90 (99) runs of the pretrained
@@ -43,10 +50,11 @@ PARTITIONS = ('iid', 'dirichlet', 'pathological')
 DEFAULTS = dict(data='shared:banking77', model='all-MiniLM-L6-v2', rounds=10, clients=20, per_round=5,
                 local_steps=5, batch_size=16, lr=1e-2, max_train=2000, max_test=500, max_length=48,
                 alpha=0.5, classes_per_client=8, seeds=[0, 1, 2], out='runs/compare_methods')
-# --tiny: a random 4-block BERT on the project's own 13-class task; seconds for the whole grid
+# --tiny: a random 4-block BERT on the project's own 13-class task, one method of each family (layer allocation,
+# rank), 2 rounds: the whole grid machinery in seconds (the test suite runs it)
 TINY = dict(data='default', model='tiny-bert', rounds=2, clients=6, per_round=3, local_steps=1, batch_size=8,
             lr=1e-2, max_train=150, max_test=60, max_length=32, alpha=0.5, classes_per_client=3, seeds=[0],
-            out='runs/compare_methods_tiny')
+            methods=['fedhello', 'flora'], out='runs/compare_methods_tiny')
 
 
 def available_methods() -> list[str]:
@@ -75,13 +83,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--set', action='append', default=[], metavar='SECTION.FIELD=VALUE',
                    help='any other configuration field, for every run (repeatable)')
     p.add_argument('--out', default=None, help=f"output folder (default {DEFAULTS['out']})")
-    p.add_argument('--fresh', action='store_true', help='redo runs that already finished in --out')
+    p.add_argument('--papermill', action='store_true', help='execute every run as the experiment notebook (papermill)')
+    p.add_argument('--jobs', type=int, default=1, help='runs at a time (separate processes; the cores are shared)')
+    p.add_argument('--collect-only', action='store_true', help='only gather what finished in --out (runs nothing)')
     p.add_argument('--quiet', action='store_true', help='no line per run')
     a = p.parse_args(argv)
     base = TINY if a.tiny else DEFAULTS
     for k, v in base.items():
         if getattr(a, k, None) is None: setattr(a, k, v)
-    a.methods = a.methods or available_methods()
+    a.methods = a.methods or base.get('methods') or available_methods()
     unknown = [m for m in a.methods if m not in METHODS]
     if unknown: p.error(f'unknown methods {unknown}; known: {list(METHODS)}')
     if 'hierfedlora' in a.methods and 'hierfedlora' not in available_methods():
@@ -89,80 +99,62 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def run_config(a, method:str, partition:str, seed:int) -> dict:
-    "The nested configuration of one run of the grid."
-    from fedhello_nb.config import parse_override
-    strategy, extra = METHODS[method]
-    cfg = {'name': f'{method}/{partition}/s{seed}',
-           'model': {'name': a.model, 'max_length': a.max_length},
+def base_config(a) -> dict:
+    "The nested configuration every run of the grid shares (strategy, partition scheme and seeds are set per run)."
+    from fedhello_nb.config import parse_override, make_config
+    cfg = {'model': {'name': a.model, 'max_length': a.max_length},
            'data': {'source': a.data, 'max_train': a.max_train, 'max_test': a.max_test},
-           'partition': {'scheme': partition, 'alpha': a.alpha, 'classes_per_client': a.classes_per_client, 'seed': seed},
+           'partition': {'alpha': a.alpha, 'classes_per_client': a.classes_per_client},
            'clients': {'num_clients': a.clients, 'per_round': a.per_round},
-           'allocation': {'strategy': strategy, 'seed': seed},
-           'train': {'rounds': a.rounds, 'local_steps': a.local_steps, 'batch_size': a.batch_size, 'lr': a.lr, 'seed': seed},
+           'allocation': {'pattern': 'bottleneck'},
+           'train': {'rounds': a.rounds, 'local_steps': a.local_steps, 'batch_size': a.batch_size, 'lr': a.lr},
            'output': {'quiet': True, 'checkpoint_every': 0}}
     if a.tiny: cfg['data']['proxy_size'] = 16
-    overrides = [*extra.items(), *(_split_set(s) for s in a.set)]
-    for key, value in overrides:
-        section, _, field = key.partition('.')
-        cfg.setdefault(section, {})[field] = parse_override(key, value)[1] if isinstance(value, str) else value
-    return cfg
+    for text in a.set:
+        key, sep, value = text.partition('=')
+        if not sep or '.' not in key: raise SystemExit(f'--set expects SECTION.FIELD=VALUE, got {text!r}')
+        section, _, field = key.strip().partition('.')
+        cfg.setdefault(section, {})[field] = parse_override(key.strip(), value.strip())[1]
+    return make_config(cfg).to_dict()    # validated now, before any run starts
 
 
-def _split_set(text:str) -> tuple[str, str]:
-    key, sep, value = text.partition('=')
-    if not sep or '.' not in key: raise SystemExit(f'--set expects SECTION.FIELD=VALUE, got {text!r}')
-    return key.strip(), value.strip()
+def seed_params(seed:int) -> dict:
+    "One seed of the grid: it seeds the partition, the client selection and training, and the allocation draws."
+    return {'train.seed': seed, 'partition.seed': seed, 'allocation.seed': seed}
 
 
-def run_one(cfg:dict, run_dir:Path, fresh:bool) -> dict:
-    "Run (or read back) one cell of the grid; returns its results row and its accuracy per round."
-    from fedhello_nb.config import make_config
-    from fedhello_nb.engine import run_experiment
-    from fedhello_nb.runio import read_table
-    cfg = make_config(cfg, **{'output.dir': str(run_dir)})
-    done = run_dir/'result.json'
-    if done.is_file() and not fresh:
-        saved = json.loads(done.read_text())
-        if saved.get('config') == cfg.to_dict():
-            return saved['row'], saved['curve']
-    if run_dir.exists(): shutil.rmtree(run_dir)
-    t0, c0 = time.perf_counter(), time.process_time()
-    res = run_experiment(cfg)
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    ev = res.rounds.dropna(subset=['accuracy'])
-    row = {'final_accuracy': float(ev['accuracy'].iloc[-1]), 'best_accuracy': float(ev['accuracy'].max()),
-           'final_macro_f1': float(ev['macro_f1'].iloc[-1]), 'rounds': int(len(res.rounds)),
-           'seconds': round(seconds, 2), 'cpu_seconds': round(cpu, 2),
-           'client_seconds': round(float(res.clients['seconds'].sum()), 2)}
-    curve = {'round': [int(r) + 1 for r in ev['round']], 'accuracy': [float(x) for x in ev['accuracy']]}
-    done.write_text(json.dumps({'config': cfg.to_dict(), 'row': row, 'curve': curve}))
-    return row, curve
+def sweep_dict(a) -> dict:
+    "The grid as a sweep of `fedhello_nb.batch`: base, grid (partition x method), runs (one per seed)."
+    return {'name': 'compare_methods', 'base': base_config(a),
+            'grid': {'partition.scheme': list(a.partitions), 'allocation.strategy': list(a.methods)},
+            'runs': [seed_params(s) for s in a.seeds]}
 
 
 def run_grid(a) -> tuple['pd.DataFrame', 'pd.DataFrame']:
-    "Every (method, partition, seed) of the grid, in that nesting (seeds innermost): (results, curves)."
+    "Run (or resume) the sweep; returns (results: one row per run, curves: one row per run and evaluated round)."
     import pandas as pd
-    out = Path(a.out)
-    rows, curves = [], []
-    cells = [(m, p, s) for p in a.partitions for m in a.methods for s in a.seeds]
-    t_grid = time.perf_counter()
-    for i, (m, p, s) in enumerate(cells):
-        row, curve = run_one(run_config(a, m, p, s), out/'runs'/f'{m}__{p}__s{s}', a.fresh)
-        rows.append({'method': m, 'partition': p, 'seed': s, **row})
-        curves += [{'method': m, 'partition': p, 'seed': s, 'round': r, 'accuracy': acc}
-                   for r, acc in zip(curve['round'], curve['accuracy'])]
-        if not a.quiet:
-            print(f'[{i + 1}/{len(cells)}] {m:11s} {p:12s} seed {s}: final {row["final_accuracy"]:.4f} '
-                  f'best {row["best_accuracy"]:.4f} ({row["seconds"]:.0f} s; grid {time.perf_counter() - t_grid:.0f} s)',
-                  flush=True)
-        write_results(out, pd.DataFrame(rows), pd.DataFrame(curves))
-    return pd.DataFrame(rows), pd.DataFrame(curves)
+    from fedhello_nb.batch import run_sweep
+    from fedhello_nb.batch import collect
+    sweep = Path(a.out)/'sweep'
+    if a.collect_only: res = collect(sweep)     # what has finished so far; runs nothing
+    else: res = run_sweep(sweep_dict(a), sweep, jobs=a.jobs, notebooks=a.papermill, quiet=a.quiet)
+    r = res.runs
+    results = pd.DataFrame({'method': r['allocation.strategy'], 'partition': r['partition.scheme'],
+                            'seed': r['train.seed'].astype(int), 'final_accuracy': r['accuracy'],
+                            'best_accuracy': r['best_accuracy'], 'final_macro_f1': r['macro_f1'],
+                            'rounds': r['rounds'], 'seconds': r['seconds'], 'status': r['status'],
+                            'error': r['error'], 'run': r['run']})
+    ev = res.rounds.dropna(subset=['accuracy']) if len(res.rounds) else res.rounds
+    curves = pd.DataFrame({'method': ev['allocation.strategy'], 'partition': ev['partition.scheme'],
+                           'seed': ev['train.seed'].astype(int), 'round': ev['round'].astype(int) + 1,
+                           'accuracy': ev['accuracy']}) if len(ev) else \
+             pd.DataFrame(columns=['method', 'partition', 'seed', 'round', 'accuracy'])
+    return results, curves
 
 
 def summarise(results) -> 'pd.DataFrame':
     "Mean and standard deviation over seeds of the final and best accuracy, per method and partition."
-    g = results.groupby(['method', 'partition'], sort=False)
+    g = results[results['status'] == 'ok'].groupby(['method', 'partition'], sort=False)
     s = g.agg(final_mean=('final_accuracy', 'mean'), final_std=('final_accuracy', 'std'),
               best_mean=('best_accuracy', 'mean'), best_std=('best_accuracy', 'std'),
               seeds=('seed', 'count'), seconds_mean=('seconds', 'mean')).reset_index()
@@ -170,7 +162,7 @@ def summarise(results) -> 'pd.DataFrame':
 
 
 def write_results(out:Path, results, curves):
-    "results.csv, curves.csv and summary.csv under `out` (rewritten after every run, so a partial grid is readable)."
+    "results.csv, curves.csv and summary.csv under `out`."
     out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out/'results.csv', index=False)
     curves.to_csv(out/'curves.csv', index=False)
@@ -182,6 +174,7 @@ def plot_final(results, path:Path):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import numpy as np
+    results = results[(results['status'] == 'ok') & results['final_accuracy'].notna()]
     methods, parts = list(dict.fromkeys(results['method'])), list(dict.fromkeys(results['partition']))
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(methods) * len(parts) / 2), 4))
     width = 0.8 / len(methods)
@@ -248,10 +241,13 @@ def main(argv=None) -> int:
     plot_curves(curves, out/'accuracy_per_round.png')
     with pd.option_context('display.width', 200, 'display.max_columns', 20, 'display.max_rows', 500):
         print('\nresults (one row per run):')
-        print(results.to_string(index=False))
+        print(results.drop(columns=['error', 'run']).to_string(index=False))
+        for r in results[results['status'] == 'failed'].itertuples():
+            print(f'FAILED {r.method}/{r.partition}/seed {r.seed}: {r.error}')
         print('\nfinal accuracy, mean ± std over seeds / best accuracy (mean):')
         print(table_text(results))
-    print(f'\n{n} runs in {time.perf_counter() - t0:.0f} s; tables and plots in {out}')
+    ok = int((results['status'] == 'ok').sum())
+    print(f'\n{ok} of {n} runs ok ({time.perf_counter() - t0:.0f} s this call); tables and plots in {out}')
     return 0
 
 

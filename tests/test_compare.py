@@ -1,0 +1,61 @@
+"""bench/compare_methods.py: the tiny grid end to end, and the default grid's mapping onto a batch sweep."""
+import os
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+import importlib.util, sys
+from pathlib import Path
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location('compare_methods', ROOT/'bench'/'compare_methods.py')
+cm = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cm)
+
+
+def test_tiny_grid_end_to_end(tmp_path, capsys):
+    assert cm.main(['--tiny', '--out', str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    res = pd.read_csv(tmp_path/'results.csv')
+    assert len(res) == 2 * 3                                    # fedhello, flora x iid, dirichlet, pathological
+    assert set(res['method']) == {'fedhello', 'flora'}
+    assert set(res['partition']) == {'iid', 'dirichlet', 'pathological'}
+    assert (res['status'] == 'ok').all(), res[['method', 'partition', 'error']]
+    assert res['final_accuracy'].between(0, 1).all() and (res['best_accuracy'] >= res['final_accuracy']).all()
+    assert (res['rounds'] == 2).all() and (res['seconds'] > 0).all()
+    curves = pd.read_csv(tmp_path/'curves.csv')
+    assert len(curves) == 6 * 2 and sorted(set(curves['round'])) == [1, 2]
+    summary = pd.read_csv(tmp_path/'summary.csv')
+    assert len(summary) == 6 and (summary['seeds'] == 1).all()
+    for png in ('final_accuracy.png', 'accuracy_per_round.png'):
+        assert (tmp_path/png).stat().st_size > 1000
+    assert 'final accuracy, mean' in printed and 'pathological' in printed
+    # a second call finds every run finished and repeats none; --collect-only gathers the same table
+    assert cm.main(['--tiny', '--out', str(tmp_path), '--quiet']) == 0
+    assert cm.main(['--tiny', '--out', str(tmp_path), '--collect-only', '--quiet']) == 0
+    again = pd.read_csv(tmp_path/'results.csv')
+    pd.testing.assert_frame_equal(res.drop(columns='seconds'), again.drop(columns='seconds'))
+
+
+def test_default_grid_is_a_sweep():
+    from fedhello_nb.batch import load_sweep
+    a = cm.parse_args([])
+    assert a.data == 'shared:banking77' and a.seeds == [0, 1, 2]
+    assert set(a.methods) >= {'full', 'fedhello', 'rgd', 'fim', 'fedra', 'exclusive', 'straggler',
+                              'hetlora', 'flexlora', 'flora'}
+    sweep = load_sweep(cm.sweep_dict(a))                   # every run's configuration validates
+    assert len(sweep) == len(a.methods) * 3 * 3
+    cfgs = [sweep.config(i) for i in range(len(sweep))]
+    # every cell: the same settings but for the method, the partition and the seed
+    assert {c.allocation.strategy for c in cfgs} == set(a.methods)
+    assert {c.partition.scheme for c in cfgs} == {'iid', 'dirichlet', 'pathological'}
+    assert all(c.train.seed == c.partition.seed == c.allocation.seed for c in cfgs)
+    per_cell = ('name', 'allocation.strategy', 'partition.scheme', 'train.seed', 'partition.seed', 'allocation.seed')
+    shared = lambda c: {k: v for k, v in c.flat().items() if k not in per_cell}
+    assert all(shared(c) == shared(cfgs[0]) for c in cfgs)
+    assert {(c.train.rounds, c.train.lr, c.data.source) for c in cfgs} == {(a.rounds, a.lr, a.data)}
+
+
+def test_bad_arguments():
+    with pytest.raises(SystemExit): cm.parse_args(['--methods', 'fedavg'])
+    with pytest.raises(SystemExit): cm.parse_args(['--partitions', 'quantity'])
+    with pytest.raises(SystemExit): cm.main(['--tiny', '--set', 'rounds=3'])
