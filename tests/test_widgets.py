@@ -34,8 +34,8 @@ def tiny_estimator(tmp_path_factory):
 
 
 def test_estimator_cache(tiny_estimator):
-    path = wg.estimator_cache_dir()/'tiny-bert-r8.yaml'
-    assert path.is_file()
+    files = list(wg.estimator_cache_dir().glob('tiny-bert-r8-*.yaml'))
+    assert len(files) == 1
     wg._ESTIMATORS.pop(('tiny-bert', 8))
     t = time.perf_counter()
     again = estimator_for('tiny-bert')                     # read back from disk, not calibrated again
