@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
 bash tools/setup.sh
+# the browser check (tests/test_browser.py) needs Debian's Chromium and npm (to fetch the widget JavaScript)
+need=""; command -v chromium >/dev/null || need="chromium"; command -v npm >/dev/null || need="$need npm"
+if [ -n "$need" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need >/dev/null
+  else echo "test: $need missing and apt-get unavailable: the browser check will be skipped" >&2; fi
+fi
 bash tools/check_sync.sh
 flags=""; [ "${SLOW:-0}" = 1 ] && flags="--flags slow"
 echo "== nbdev-test"
