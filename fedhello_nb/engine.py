@@ -28,7 +28,8 @@ from .runio import (prepare_run_dir, save_checkpoint, load_checkpoint, write_tab
 # %% auto #0
 __all__ = ['FIM_STRATEGIES', 'METHOD_MODULES', 'METRIC_COLUMNS', 'derived_seed', 'select_clients', 'LocalTraining',
            'TrainInstruction', 'LayerwiseStrategy', 'train_client', 'evaluate', 'macro_f1', 'resolve_device',
-           'Federation', 'build_strategy', 'run_round', 'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
+           'Federation', 'build_strategy', 'RoundPlan', 'plan_round', 'client_row', 'finish_round', 'run_round',
+           'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -288,43 +289,67 @@ def _fim_scorer(cfg:ExperimentConfig, proxy_set, device):
     return scorer_from_config(cfg, proxy_set, batch_size=cfg.eval.batch_size, device=device)
 
 # %% ../nbs/13_engine.ipynb #37ce00e6
-def run_round(fed:Federation, round:int, state:dict[str, torch.Tensor]) -> tuple[dict, dict, list[dict]]:
-    "One round: (new global state, round row, client rows). A strategy with its own `run_round` runs that instead."
-    if hasattr(fed.strategy, 'run_round'): return fed.strategy.run_round(fed, round, state)
+@dataclass
+class RoundPlan:
+    "What the server decided at the start of a round, before any client trains."
+    round: int                              # t
+    clients: list[int]                      # the selected clients
+    amap: AllocationMap                     # their allocation
+    instructions: list[TrainInstruction]    # one per selected client, in `clients` order
+    failed: np.ndarray                      # simulated failures before replying (`clients.failure_rate`)
+    started: float                          # `time.perf_counter()` at the start of the round
+
+def plan_round(fed:Federation, round:int, state:dict[str, torch.Tensor]) -> RoundPlan:
+    "Select the clients, allocate their blocks (FIM scores the current global model) and draw the failures."
     cfg, t0 = fed.config, time.perf_counter()
     c, tr = cfg.clients, cfg.train
     clients = select_clients(c.num_clients, c.per_round, tr.seed, round)
-    fed.fm.load_state(state)                       # FIM scores the current global model
+    fed.fm.load_state(state)
     amap, instructions = fed.strategy.configure_train(round, clients, context=fed.fm)
-    fails = np.random.default_rng([tr.seed, round, 2]).random(len(clients)) < c.failure_rate
-    updates, client_rows = [], []
-    for ins, failed in zip(instructions, fails):
-        idx = fed.client_indices(ins.client)
-        row = {'round': round, 'client': ins.client, 'capacity': int(fed.plan.capacity_of(ins.client)),
-               'blocks': ' '.join(map(str, ins.blocks)), 'num_blocks': len(ins.blocks),
-               'shallowest': min(ins.blocks) if ins.blocks else -1, 'samples': len(idx)}
-        if failed:
-            client_rows.append({**row, 'status': 'failed', 'steps': 0, 'loss': float('nan'), 'seconds': 0.0}); continue
-        u = train_client(fed.fm, state, ins, fed.train_set, idx, fed.device)
-        status = 'idle' if u.metrics.get('idle') else 'ok'
-        if status == 'ok': updates.append(u)
-        client_rows.append({**row, 'status': status, 'steps': u.metrics['steps'], 'loss': u.metrics['loss'],
-                            'seconds': u.metrics['seconds']})
-    new_state, info = fed.strategy.aggregate_train(round, state, updates)
+    failed = np.random.default_rng([tr.seed, round, 2]).random(len(clients)) < c.failure_rate
+    return RoundPlan(round, clients, amap, instructions, failed, t0)
+
+def client_row(fed:Federation, ins:TrainInstruction, status:str, # 'ok', 'failed', 'idle' (or 'rejected' later)
+               steps:int=0, loss:float=float('nan'), seconds:float=0.0, **extra) -> dict:
+    "One row of the clients table."
+    return {'round': ins.round, 'client': ins.client, 'capacity': int(fed.plan.capacity_of(ins.client)),
+            'blocks': ' '.join(map(str, ins.blocks)), 'num_blocks': len(ins.blocks),
+            'shallowest': min(ins.blocks) if ins.blocks else -1, 'samples': len(fed.client_indices(ins.client)),
+            'status': status, 'steps': steps, 'loss': loss, 'seconds': seconds, **extra}
+
+def finish_round(fed:Federation, plan:RoundPlan, state:dict[str, torch.Tensor],
+                 updates:Sequence[ClientUpdate], # the replies that arrived
+                 client_rows:list[dict]          # one row per selected client (`client_row`)
+                ) -> tuple[dict, dict, list[dict]]:
+    "Aggregate the replies and write the round's row: (new global state, round row, client rows)."
+    new_state, info = fed.strategy.aggregate_train(plan.round, state, updates)
     for r in client_rows:
         if r['client'] in info['rejected']: r['status'] = 'rejected'
     ok = [r for r in client_rows if r['status'] == 'ok']
     trainers = np.zeros(fed.num_blocks, dtype=int)
     for r in ok:
         for b in r['blocks'].split(): trainers[int(b)] += 1
-    round_row = {'round': round, 'strategy': cfg.allocation.strategy, 'selected': len(clients), 'replied': len(ok),
-                 'failed': int(fails.sum()), 'rejected': len(info['rejected']),
-                 'status': 'ok' if ok else 'no replies',
+    round_row = {'round': plan.round, 'strategy': fed.config.allocation.strategy, 'selected': len(plan.clients),
+                 'replied': len(ok), 'failed': sum(r['status'] == 'failed' for r in client_rows),
+                 'rejected': len(info['rejected']), 'status': 'ok' if ok else 'no replies',
                  'train_loss': float(np.mean([r['loss'] for r in ok])) if ok else float('nan'),
-                 'phase': amap.info.get('phase', amap.info.get('strategy')),
+                 'phase': plan.amap.info.get('phase', plan.amap.info.get('strategy')),
                  **{f'trainers_{l}': int(n) for l, n in enumerate(trainers)},
-                 'seconds': time.perf_counter() - t0}
+                 'seconds': time.perf_counter() - plan.started}
     return new_state, round_row, client_rows
+
+def run_round(fed:Federation, round:int, state:dict[str, torch.Tensor]) -> tuple[dict, dict, list[dict]]:
+    "One in-process round: (new global state, round row, client rows). A strategy with its own `run_round` runs that instead."
+    if hasattr(fed.strategy, 'run_round'): return fed.strategy.run_round(fed, round, state)
+    plan = plan_round(fed, round, state)
+    updates, rows = [], []
+    for ins, failed in zip(plan.instructions, plan.failed):
+        if failed: rows.append(client_row(fed, ins, 'failed')); continue
+        u = train_client(fed.fm, state, ins, fed.train_set, fed.client_indices(ins.client), fed.device)
+        if u.metrics.get('idle'): rows.append(client_row(fed, ins, 'idle')); continue
+        updates.append(u)
+        rows.append(client_row(fed, ins, 'ok', u.metrics['steps'], u.metrics['loss'], u.metrics['seconds']))
+    return finish_round(fed, plan, state, updates, rows)
 
 # %% ../nbs/13_engine.ipynb #36a98c1d
 METRIC_COLUMNS = ('accuracy', 'macro_f1', 'eval_loss')
@@ -389,6 +414,8 @@ def _progress(total:int, initial:int, quiet:bool, desc:str):
 
 def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a dict is validated into one)
                    on_round_end:Callable[[dict], None]|None=None, # called with each round's row (e.g. live plots)
+                   round_fn:Callable|None=None,           # `round_fn(fed, t, state)` -> like `run_round` (default); Flower's round
+                   setup:Callable|None=None,              # `setup(fed)` after building the federation; may return summary fields
                    **overrides                            # dotted overrides, e.g. `train__rounds=3`
                   ) -> RunResult:
     "Run (or resume) a federated experiment and write its results into `config.output.dir`."
@@ -397,6 +424,8 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
     run_dir = Path(out.dir)
     resuming = prepare_run_dir(run_dir, cfg.to_dict(), out.resume)
     fed = Federation.from_config(cfg)
+    extra = (setup(fed) if setup is not None else None) or {}
+    round_fn = round_fn or run_round
     state, rounds, clients, start = fed.fm.state(), [], [], 0
     if resuming and (cp := load_checkpoint(run_dir)) is not None:
         tensors, saved = cp
@@ -407,7 +436,7 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
     bar = _progress(tr.rounds, start, out.quiet, cfg.name)
     t_run = time.perf_counter()
     for t in range(start, tr.rounds):
-        state, row, crow = run_round(fed, t, state)
+        state, row, crow = round_fn(fed, t, state)
         if (t + 1) % cfg.eval.every == 0 or t + 1 == tr.rounds:
             fed.fm.load_state(state)
             m = evaluate(fed.fm, fed.test_set, cfg.eval.batch_size, fed.device)
@@ -428,7 +457,7 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
     ev = res.rounds.dropna(subset=['accuracy'])
     summary = {'name': cfg.name, 'rounds': tr.rounds, 'final': res.final,
                'best_accuracy': float(ev['accuracy'].max()) if len(ev) else None,
-               'seconds_this_call': time.perf_counter() - t_run, 'resumed_from': start}
+               'seconds_this_call': time.perf_counter() - t_run, 'resumed_from': start, **extra}
     atomic_write_text(run_dir/'summary.json', json.dumps(summary, indent=2, default=float))
     return res
 

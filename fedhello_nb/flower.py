@@ -233,28 +233,19 @@ def flower_round(grid,                          # the ServerApp's `Grid`
                  reply_timeout:float=600.0      # seconds to wait for the replies
                 ) -> tuple[dict, dict, list[dict]]:
     "One round over Flower: (new global state, round row, client rows) with the engine's columns (+ `error`)."
-    import numpy as np
     from flwr.app import Message
     from fedhello_nb.aggregate import ClientUpdate
-    from fedhello_nb.engine import select_clients
-    cfg, t0 = fed.config, time.perf_counter()
-    c, tr = cfg.clients, cfg.train
-    clients = select_clients(c.num_clients, c.per_round, tr.seed, round)
-    fed.fm.load_state(state)                       # FIM scores the current global model
-    amap, instructions = fed.strategy.configure_train(round, clients, context=fed.fm)
-    fails = np.random.default_rng([tr.seed, round, 2]).random(len(clients)) < c.failure_rate
-    exp_json, arrays = cfg.to_json(indent=None), state_to_arrays(state)
+    from fedhello_nb.engine import plan_round, client_row, finish_round
+    plan = plan_round(fed, round, state)           # the engine's selection, allocation and failures
+    exp_json, arrays = fed.config.to_json(indent=None), state_to_arrays(state)
     rows, msgs, by_node = {}, [], {}
-    for ins, failed in zip(instructions, fails):
+    for ins, failed in zip(plan.instructions, plan.failed):
         k = ins.client
-        rows[k] = {'round': round, 'client': k, 'capacity': int(fed.plan.capacity_of(k)),
-                   'blocks': ' '.join(map(str, ins.blocks)), 'num_blocks': len(ins.blocks),
-                   'shallowest': min(ins.blocks) if ins.blocks else -1, 'samples': len(fed.client_indices(k)),
-                   'status': 'failed', 'steps': 0, 'loss': float('nan'), 'seconds': 0.0, 'error': ''}
-        if failed: rows[k]['error'] = 'simulated failure (clients.failure_rate)'
-        elif ins.idle: rows[k]['status'] = 'idle'
-        elif k not in nodes.nodes: rows[k]['error'] = 'no SuperNode for this partition-id'
+        if failed: rows[k] = client_row(fed, ins, 'failed', error='simulated failure (clients.failure_rate)')
+        elif ins.idle: rows[k] = client_row(fed, ins, 'idle', error='')
+        elif k not in nodes.nodes: rows[k] = client_row(fed, ins, 'failed', error='no SuperNode for this partition-id')
         else:
+            rows[k] = client_row(fed, ins, 'failed', error='')   # until its reply arrives
             content = _record(fedhello={'experiment': exp_json, 'num-blocks': fed.num_blocks}, instruction=ins.to_config())
             content['global'] = arrays
             msgs.append(Message(content, dst_node_id=nodes.nodes[k], message_type='train', group_id=str(round)))
@@ -272,22 +263,7 @@ def flower_round(grid,                          # the ServerApp's `Grid`
         rows[k].update(status='ok', steps=int(m['steps']), loss=float(m['loss']), seconds=float(m['seconds']))
     for k in by_node.values():
         if k not in answered: rows[k]['error'] = f'no reply within {reply_timeout:g} s'
-    new_state, info = fed.strategy.aggregate_train(round, state, updates)
-    client_rows = [rows[k] for k in clients]
-    for r in client_rows:
-        if r['client'] in info['rejected']: r['status'] = 'rejected'
-    ok = [r for r in client_rows if r['status'] == 'ok']
-    trainers = np.zeros(fed.num_blocks, dtype=int)
-    for r in ok:
-        for b in r['blocks'].split(): trainers[int(b)] += 1
-    round_row = {'round': round, 'strategy': cfg.allocation.strategy, 'selected': len(clients), 'replied': len(ok),
-                 'failed': sum(r['status'] == 'failed' for r in client_rows), 'rejected': len(info['rejected']),
-                 'status': 'ok' if ok else 'no replies',
-                 'train_loss': float(np.mean([r['loss'] for r in ok])) if ok else float('nan'),
-                 'phase': amap.info.get('phase', amap.info.get('strategy')),
-                 **{f'trainers_{l}': int(n) for l, n in enumerate(trainers)},
-                 'seconds': time.perf_counter() - t0}
-    return new_state, round_row, client_rows
+    return finish_round(fed, plan, state, updates, [rows[k] for k in plan.clients])
 
 # %% ../nbs/30_flower.ipynb #c1648b98
 def run_flower(grid,                              # the ServerApp's `Grid`
@@ -295,58 +271,27 @@ def run_flower(grid,                              # the ServerApp's `Grid`
                options:ServerOptions|None=None    # waiting for nodes and replies
               ):
     "Discover the nodes, run `train.rounds` Flower rounds with evaluation, tables and checkpoints; returns a `RunResult`."
-    import pandas as pd
-    from fedhello_nb.engine import Federation, RunResult, build_strategy, evaluate
-    from fedhello_nb.runio import (prepare_run_dir, save_checkpoint, load_checkpoint, write_table, atomic_write,
-                                   rng_state, set_rng_state)
+    from fedhello_nb.engine import build_strategy, run_experiment
+    from fedhello_nb.runio import write_table
     cfg = make_config(config)
     opts = options or ServerOptions()
     check(cfg.allocation.strategy in STRATEGIES, 'allocation.strategy', cfg.allocation.strategy,
           'expected a layer-allocation strategy on Flower (' + ', '.join(STRATEGIES) + ')')
-    out, tr = cfg.output, cfg.train
-    run_dir = Path(out.dir)
-    resuming = prepare_run_dir(run_dir, cfg.to_dict(), out.resume)
-    fed = Federation.from_config(cfg)
-    nodes = discover_nodes(grid, cfg.clients.num_clients, fed.num_blocks, opts.min_nodes, opts.node_wait,
-                           timeout=opts.reply_timeout)
-    fed.plan = plan_with_capacities(fed.plan, nodes.capacities, fed.num_blocks)
-    fed.strategy = build_strategy(fed)
-    write_table(nodes.table(fed.plan), run_dir/'nodes', out.format)
-    check(len(nodes.nodes) > 0, 'nodes', sorted(nodes.refused.items()), 'expected at least one SuperNode with a valid node configuration')
-    state, rounds, clients, start = fed.fm.state(), [], [], 0
-    if resuming and (cp := load_checkpoint(run_dir)) is not None:
-        tensors, saved = cp
-        state = {k: tensors[k] for k in state}
-        fed.strategy.load_state_dict(saved['strategy'])
-        set_rng_state(saved['rng'])
-        rounds, clients, start = saved['rounds'], saved['clients'], saved['round']
-    t_run = time.perf_counter()
-    for t in range(start, tr.rounds):
-        state, row, crow = flower_round(grid, fed, t, state, nodes, opts.reply_timeout)
-        if (t + 1) % cfg.eval.every == 0 or t + 1 == tr.rounds:
-            fed.fm.load_state(state)
-            m = evaluate(fed.fm, fed.test_set, cfg.eval.batch_size, fed.device)
-            row.update(accuracy=m['accuracy'], macro_f1=m['macro_f1'], eval_loss=m['loss'])
-        else: row.update(accuracy=float('nan'), macro_f1=float('nan'), eval_loss=float('nan'))
-        rounds.append(row); clients.extend(crow)
-        write_table(pd.DataFrame(rounds), run_dir/'rounds', out.format)
-        write_table(pd.DataFrame(clients), run_dir/'clients', out.format)
-        if out.checkpoint_every and ((t + 1) % out.checkpoint_every == 0 or t + 1 == tr.rounds):
-            save_checkpoint(run_dir, t + 1, state, {'strategy': fed.strategy.state_dict(), 'rng': rng_state(),
-                                                     'rounds': rounds, 'clients': clients})
-        _log.info('round %d: %s replied of %s selected, accuracy %s', t, row['replied'], row['selected'], row['accuracy'])
-    res = RunResult(cfg, run_dir, pd.DataFrame(rounds), pd.DataFrame(clients), state, resumed_from=start)
-    import matplotlib.pyplot as plt
-    for name, fig in (('metric.png', res.plot_metric()), ('trainers.png', res.plot_trainers())):
-        atomic_write(run_dir/name, lambda p: fig.savefig(p, dpi=110, format='png')); plt.close(fig)
-    ev = res.rounds.dropna(subset=['accuracy'])
-    summary = {'name': cfg.name, 'runtime': 'flower', 'rounds': tr.rounds, 'final': res.final,
-               'best_accuracy': float(ev['accuracy'].max()) if len(ev) else None,
-               'seconds_this_call': time.perf_counter() - t_run, 'resumed_from': start,
-               'nodes': {str(k): str(n) for k, n in nodes.nodes.items()}, 'refused': {str(n): r for n, r in nodes.refused.items()}}
-    from fedhello_nb.runio import atomic_write_text
-    atomic_write_text(run_dir/'summary.json', json.dumps(summary, indent=2, default=float))
-    return res
+    found = {}
+    def setup(fed):
+        "Map nodes to clients, give the plan the capacities the nodes declared, and write nodes.csv."
+        nodes = discover_nodes(grid, cfg.clients.num_clients, fed.num_blocks, opts.min_nodes, opts.node_wait,
+                               timeout=opts.reply_timeout)
+        fed.plan = plan_with_capacities(fed.plan, nodes.capacities, fed.num_blocks)
+        fed.strategy = build_strategy(fed)
+        write_table(nodes.table(fed.plan), Path(cfg.output.dir)/'nodes', cfg.output.format)
+        check(len(nodes.nodes) > 0, 'nodes', sorted(nodes.refused.items()), 'expected at least one SuperNode with a valid node configuration')
+        found['nodes'] = nodes
+        return {'runtime': 'flower', 'nodes': {str(k): str(n) for k, n in nodes.nodes.items()},
+                'refused': {str(n): r for n, r in nodes.refused.items()}}
+    def log(row): _log.info('round %d: %s replied of %s selected, accuracy %s', row['round'], row['replied'], row['selected'], row['accuracy'])
+    return run_experiment(cfg, on_round_end=log, setup=setup,
+                          round_fn=lambda fed, t, state: flower_round(grid, fed, t, state, found['nodes'], opts.reply_timeout))
 
 # %% ../nbs/30_flower.ipynb #08087c82
 def make_apps():
