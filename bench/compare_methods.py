@@ -9,8 +9,8 @@ client selection, local optimiser and evaluation; only `allocation.strategy` dif
     python bench/compare_methods.py --set lora.r=16 --set train.lr=0.005   # any configuration field
 
 The grid is a sweep of the papermill batch runner (`fedhello_nb.batch.run_sweep`): base configuration = the
-shared settings, grid = partition.scheme x allocation.strategy, runs = one parameter set per seed (train.seed,
-partition.seed and allocation.seed together). `--papermill` executes every run as the experiment template notebook
+shared settings, runs = one parameter set per (seed, partition.scheme, allocation.strategy), seeds outermost (a seed
+sets train.seed, partition.seed and allocation.seed together). `--papermill` executes every run as the experiment template notebook
 (nbs/experiment.ipynb) under papermill; the default runs the same sets in-process (no kernel start per run).
 The sweep folder (--out/sweep: sweep.json, base.yaml, one folder per run with run.json) resumes: a finished run is
 not repeated when the command is started again with the same settings, so an interrupted grid continues where it
@@ -128,10 +128,11 @@ def seed_params(seed:int) -> dict:
 
 
 def sweep_dict(a) -> dict:
-    "The grid as a sweep of `fedhello_nb.batch`: base, grid (partition x method), runs (one per seed)."
-    return {'name': 'compare_methods', 'base': base_config(a),
-            'grid': {'partition.scheme': list(a.partitions), 'allocation.strategy': list(a.methods)},
-            'runs': [seed_params(s) for s in a.seeds]}
+    """The grid as a sweep of `fedhello_nb.batch`: the shared base configuration, and one parameter set per
+    (seed, partition, method), seeds outermost, so that a grid cut short has whole seeds of every cell."""
+    runs = [{'partition.scheme': p, 'allocation.strategy': m, **seed_params(s)}
+            for s in a.seeds for p in a.partitions for m in a.methods]
+    return {'name': 'compare_methods', 'base': base_config(a), 'runs': runs}
 
 
 def run_grid(a) -> tuple['pd.DataFrame', 'pd.DataFrame']:
