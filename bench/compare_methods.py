@@ -174,6 +174,12 @@ def write_results(out:Path, results, curves):
     summarise(results).to_csv(out/'summary.csv', index=False)
 
 
+def _style(j:int) -> tuple:
+    "Colour and hatch (dashes in line plots) of the j-th method: ten tab10 colours, then the same hatched."
+    import matplotlib.pyplot as plt
+    return plt.get_cmap('tab10')(j % 10), ('//' if j >= 10 else None)
+
+
 def plot_final(results, path:Path):
     "Final accuracy per method, grouped by partition: mean over seeds with the seeds' spread (min-max) and points."
     import matplotlib; matplotlib.use('Agg')
@@ -183,18 +189,18 @@ def plot_final(results, path:Path):
     methods, parts = list(dict.fromkeys(results['method'])), list(dict.fromkeys(results['partition']))
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(methods) * len(parts) / 2), 4))
     width = 0.8 / len(methods)
-    colors = plt.get_cmap('tab20')(np.linspace(0, 1, max(len(methods), 2)))
     for j, m in enumerate(methods):
+        color, hatch = _style(j)
         for i, p in enumerate(parts):
             acc = results[(results['method'] == m) & (results['partition'] == p)]['final_accuracy'].to_numpy()
             if not len(acc): continue
             x = i - 0.4 + width * (j + 0.5)
-            ax.bar(x, acc.mean(), width * 0.9, color=colors[j], label=m if i == 0 else None,
+            ax.bar(x, acc.mean(), width * 0.9, color=color, hatch=hatch, label=m if i == 0 else None,
                    yerr=[[acc.mean() - acc.min()], [acc.max() - acc.mean()]], capsize=2, error_kw={'lw': 0.8})
             ax.scatter(np.full(len(acc), x), acc, s=6, color='k', zorder=3)
     ax.set_xticks(range(len(parts)), parts)
     ax.set_ylabel('final test accuracy'); ax.grid(axis='y', alpha=.3)
-    ax.set_title('final accuracy (bar: mean over seeds, whisker: min-max, dots: seeds)')
+    ax.set_title('final accuracy: mean over seeds (bar), min-max (whisker), seeds (dots)', fontsize=9)
     ax.legend(fontsize=7, ncol=2, loc='upper left', bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
@@ -206,16 +212,18 @@ def plot_curves(curves, path:Path):
     import numpy as np
     parts, methods = list(dict.fromkeys(curves['partition'])), list(dict.fromkeys(curves['method']))
     fig, axes = plt.subplots(1, len(parts), figsize=(4.2 * len(parts), 3.4), sharey=True, squeeze=False)
-    colors = plt.get_cmap('tab20')(np.linspace(0, 1, max(len(methods), 2)))
+    from matplotlib.ticker import MaxNLocator
     for ax, p in zip(axes[0], parts):
         for j, m in enumerate(methods):
             c = curves[(curves['partition'] == p) & (curves['method'] == m)]
             if not len(c): continue
             g = c.groupby('round')['accuracy']
             mean, lo, hi = g.mean(), g.min(), g.max()
-            ax.plot(mean.index, mean.values, color=colors[j], lw=1.2, label=m)
-            ax.fill_between(mean.index, lo.values, hi.values, color=colors[j], alpha=.12)
+            color, hatch = _style(j)
+            ax.plot(mean.index, mean.values, color=color, lw=1.2, ls='--' if hatch else '-', label=m)
+            ax.fill_between(mean.index, lo.values, hi.values, color=color, alpha=.12)
         ax.set_title(p); ax.set_xlabel('round'); ax.grid(alpha=.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel('test accuracy')
     axes[0][-1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
