@@ -62,7 +62,8 @@ class DataConfig(_Section):
     "Where the examples come from."
     source: str = Field(DEFAULT_DATA, min_length=1, description=
         "'default' (the project's own offline intent task), a local folder or file (CSV, TSV, JSONL, parquet), "
-        "or 'hf:<name>' for a Hugging Face dataset (online users).")
+        "'shared:<name>' for a set in ../shared/data (e.g. shared:banking77), or 'hf:<name>' for a Hugging Face "
+        "dataset (online users).")
     text_column: Optional[str] = Field(None, description="Text column; None guesses among text/sentence/content.")
     label_column: Optional[str] = Field(None, description="Label column; None guesses among label/category/labels.")
     max_train: Optional[int] = Field(None, ge=1, description="Use at most this many training rows (seeded subset).")
@@ -251,7 +252,8 @@ def make_config(data:dict|ExperimentConfig|None=None, # nested dict (or a config
     "Build and validate an `ExperimentConfig`; a bad value raises `FedHelloError` naming the field."
     d = data.to_dict() if isinstance(data, ExperimentConfig) else dict(data or {})
     d = json.loads(json.dumps(d))  # deep copy, plain types
-    for k,v in overrides.items(): _set_path(d, k.replace('__', '.'), v)
+    dotted = {k: d.pop(k) for k in [k for k in d if '.' in k]}   # {'train.lr': 0.1} inside the dict works too
+    for k,v in {**dotted, **overrides}.items(): _set_path(d, k.replace('__', '.'), v)
     try: return ExperimentConfig.model_validate(d)
     except ValidationError as e: raise _to_fedhello_error(e) from None
 

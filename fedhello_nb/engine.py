@@ -447,8 +447,8 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
         if out.checkpoint_every and ((t + 1) % out.checkpoint_every == 0 or t + 1 == tr.rounds):
             save_checkpoint(run_dir, t + 1, state, {'strategy': fed.strategy.state_dict(), 'rng': rng_state(),
                                                      'rounds': rounds, 'clients': clients})
+        if not math.isnan(row['accuracy']): bar.set_postfix(accuracy=f"{row['accuracy']:.3f}", refresh=False)
         bar.update(1)
-        if not math.isnan(row['accuracy']): bar.set_postfix(accuracy=f"{row['accuracy']:.3f}")
         if on_round_end is not None: on_round_end(row)
     bar.close()
     res = RunResult(cfg, run_dir, pd.DataFrame(rounds), pd.DataFrame(clients), state, resumed_from=start)
