@@ -45,11 +45,12 @@ METHODS = (
 PARTITIONS = ('iid', 'dirichlet', 'pathological')
 
 # The default grid: 10 methods (11 with HierFedLoRA) x 3 partitions x 3 seeds = 90 (99) runs of the pretrained
-# all-MiniLM-L6-v2 (rank 8 on query and value of its 6 blocks) on BANKING77 (77 intents; 2000 training rows, 400
+# all-MiniLM-L6-v2 (rank 8 on query and value of its 6 blocks) on BANKING77 (77 intents; 2000 training rows, 300
 # test rows), 20 clients with 5 per round, 10 rounds of 4 local steps of 16 examples. Two runs at a time with one
-# torch thread each: about 70 CPU-seconds per run, so the grid needs about 45-55 minutes on two idle cores.
+# torch thread each: about 65 CPU-seconds per run (measured on a busy machine), so the grid needs about 55 minutes
+# on two idle cores (50 without HierFedLoRA).
 DEFAULTS = dict(data='shared:banking77', model='all-MiniLM-L6-v2', rounds=10, clients=20, per_round=5,
-                local_steps=4, batch_size=16, lr=1e-2, max_train=2000, max_test=400, max_length=32,
+                local_steps=4, batch_size=16, lr=1e-2, max_train=2000, max_test=300, max_length=32,
                 alpha=0.5, classes_per_client=8, seeds=[0, 1, 2], jobs=2, out='runs/compare_methods')
 # --tiny: a random 4-block BERT on the project's own 13-class task, one method of each family (layer allocation,
 # rank), 2 rounds: the whole grid machinery in seconds (the test suite runs it)
