@@ -388,7 +388,11 @@ def read_table(path:str|Path,     # a CSV, TSV, JSONL or parquet file
     formats = sorted(set(TABLE_FORMATS.values()))
     fmt = fmt or TABLE_FORMATS.get(path.suffix.lower())
     check(fmt in formats, 'fmt', fmt or path.suffix, f'expected one of {formats} (or a file ending in {list(TABLE_FORMATS)})')
-    if fmt in ('csv', 'tsv'): return pd.read_csv(path, sep=',' if fmt == 'csv' else '\t', keep_default_na=False)
+    empty = 'expected a non-empty table file with a header row'
+    check(path.stat().st_size > 0, 'path', str(path), empty)
+    if fmt in ('csv', 'tsv'):
+        try: return pd.read_csv(path, sep=',' if fmt == 'csv' else '\t', keep_default_na=False)
+        except pd.errors.EmptyDataError: raise FedHelloError('path', str(path), empty) from None   # only blank lines
     if fmt == 'jsonl': return pd.read_json(path, lines=True, dtype=False)
     return pd.read_parquet(path)
 

@@ -6,7 +6,8 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/engine.html.md"""
 
 # %% ../nbs/13_engine.ipynb #88ac6681
 from __future__ import annotations
-import json, math, time
+import json, logging, math, time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,14 +23,16 @@ from .model import FedLoraModel, LoRA
 from .allocation import AllocationMap, AllocationStrategy, CapacityPlan, strategy_from_config
 from .aggregate import ClientUpdate, layerwise_average
 from .fim import proxy_indices, scorer_from_config
-from .runio import (prepare_run_dir, save_checkpoint, load_checkpoint, write_table, atomic_write,
-                               atomic_write_text, rng_state, set_rng_state)
+from .runio import (check_run_dir, prepare_run_dir, discard_on_failure, save_checkpoint, load_checkpoint,
+                               list_checkpoints, write_table, atomic_write, atomic_write_text, rng_state, set_rng_state)
+
+_log = logging.getLogger('fedhello_nb.engine')   # the module's name, in the notebook too
 
 # %% auto #0
-__all__ = ['FIM_STRATEGIES', 'METHOD_MODULES', 'METRIC_COLUMNS', 'derived_seed', 'select_clients', 'LocalTraining',
-           'TrainInstruction', 'LayerwiseStrategy', 'train_client', 'evaluate', 'macro_f1', 'resolve_device',
-           'Federation', 'build_strategy', 'RoundPlan', 'plan_round', 'client_row', 'finish_round', 'run_round',
-           'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
+__all__ = ['FIM_STRATEGIES', 'METHOD_MODULES', 'PARAM_FIELDS', 'METRIC_COLUMNS', 'RESULT_FILES', 'derived_seed', 'select_clients',
+           'LocalTraining', 'TrainInstruction', 'rejection_reason', 'LayerwiseStrategy', 'train_client', 'evaluate',
+           'macro_f1', 'config_errors', 'resolve_device', 'Federation', 'build_strategy', 'RoundPlan', 'plan_round',
+           'client_row', 'finish_round', 'run_round', 'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -103,6 +106,13 @@ class TrainInstruction:
         return cls(int(d['client']), int(d['round']), [int(b) for b in d['blocks']], bool(d['train_head']), local, int(d['seed']))
 
 # %% ../nbs/13_engine.ipynb #9c70fd28
+def rejection_reason(u:ClientUpdate) -> str|None:
+    "Why the server refuses the update `u` (its loss or a tensor is NaN/inf); None when it is accepted."
+    loss = u.metrics.get('loss', 0.0)
+    if not math.isfinite(loss): return f'non-finite training loss ({loss})'
+    if not u.is_finite(): return 'non-finite values in its update'
+    return None
+
 class LayerwiseStrategy:
     "Fed-HeLLo's round: allocation -> per-client instructions; replies -> layer-wise average."
     def __init__(self,
@@ -133,7 +143,7 @@ class LayerwiseStrategy:
     def aggregate_train(self, round:int, state:dict[str, torch.Tensor], updates:Sequence[ClientUpdate]
                        ) -> tuple[dict[str, torch.Tensor], dict]:
         "Reject non-finite updates, average the rest layer by layer. Returns (new state, info)."
-        good = [u for u in updates if u.is_finite() and math.isfinite(u.metrics.get('loss', 0.0))]
+        good = [u for u in updates if rejection_reason(u) is None]
         rejected = [u.client for u in updates if u not in good]
         new, counts = layerwise_average(state, good, self.weights)
         return new, {'aggregated': [u.client for u in good], 'rejected': rejected, 'contributors': counts}
@@ -217,6 +227,32 @@ FIM_STRATEGIES = ('fedhello', 'fim')
 METHOD_MODULES = {'hetlora': 'fedhello_nb.rank_methods', 'flexlora': 'fedhello_nb.rank_methods',
                   'flora': 'fedhello_nb.rank_methods', 'hierfedlora': 'fedhello_nb.hierfedlora'}
 
+# the lower layers' parameter names, per call in `Federation.from_config`, as the configuration fields a user sets
+PARAM_FIELDS = {
+    'data': {'source': 'data.source', 'name': 'data.source', 'path': 'data.source', 'fmt': 'data.source',
+             'train': 'data.source', 'test': 'data.source', 'text_column': 'data.text_column',
+             'label_column': 'data.label_column', 'max_train': 'data.max_train', 'max_test': 'data.max_test'},
+    'model': {'name': 'model.name', 'kind': 'model.kind', 'r': 'lora.r', 'alpha': 'lora.alpha',
+              'dropout': 'lora.dropout', 'targets': 'lora.targets'},
+    'proxy': {'n_proxy': 'data.proxy_size'},
+    'partition': {'num_clients': 'clients.num_clients', 'scheme': 'partition.scheme', 'alpha': 'partition.alpha',
+                  'classes_per_client': 'partition.classes_per_client', 'beta': 'partition.beta',
+                  'min_size': 'partition.min_size'},
+    'plan': {'capacities': 'clients.capacities', 'fractions': 'clients.fractions', 'num_clients': 'clients.num_clients',
+             'membership': 'clients.membership'},
+}
+
+@contextmanager
+def config_errors(call:str # a key of `PARAM_FIELDS`
+                 ):
+    "Re-raise a `FedHelloError` of the block under the configuration field of its parameter (`capacities[1]` too)."
+    try: yield
+    except FedHelloError as e:
+        base = e.param.split('[')[0]
+        field = PARAM_FIELDS[call].get(base)
+        if field is None: raise
+        raise FedHelloError(field + e.param[len(base):], e.value, e.allowed) from e
+
 def resolve_device(device:str='auto') -> torch.device:
     "'auto' is CUDA when available, else CPU."
     if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -250,8 +286,10 @@ class Federation:
         "Load the model and data, take the proxy set, partition, plan capacities and build the strategy."
         cfg = config if isinstance(config, ExperimentConfig) else make_config(config)
         d, a, tr = cfg.data, cfg.allocation, cfg.train
-        task = load_data(d.source, d.text_column, d.label_column, d.max_train, d.max_test, seed=tr.seed)
-        fm = FedLoraModel.load(cfg.model.name, task.num_classes, LoRA.from_settings(cfg.lora), cfg.model.kind, seed=tr.seed)
+        with config_errors('data'):
+            task = load_data(d.source, d.text_column, d.label_column, d.max_train, d.max_test, seed=tr.seed)
+        with config_errors('model'):
+            fm = FedLoraModel.load(cfg.model.name, task.num_classes, LoRA.from_settings(cfg.lora), cfg.model.kind, seed=tr.seed)
         device = resolve_device(tr.device)
         fm.model.to(device)
         make = lambda split: make_dataset(split, tokenizer=fm.processor if task.kind == 'text' else None,
@@ -259,14 +297,16 @@ class Federation:
                                           max_length=cfg.model.max_length)
         labels = np.asarray(task.train.labels)
         if a.strategy in FIM_STRATEGIES:
-            client_rows, proxy_rows = proxy_indices(labels, d.proxy_size, seed=tr.seed)
+            with config_errors('proxy'): client_rows, proxy_rows = proxy_indices(labels, d.proxy_size, seed=tr.seed)
             proxy_set = make(task.train.subset(proxy_rows))
         else: client_rows, proxy_set = np.arange(len(labels)), None
         p, c = cfg.partition, cfg.clients
-        part = partition(labels[client_rows], c.num_clients, scheme=p.scheme, seed=p.seed, alpha=p.alpha,
-                         classes_per_client=p.classes_per_client, beta=p.beta, min_size=p.min_size,
-                         label_names=task.label_names)
-        plan = CapacityPlan(c.capacities, c.fractions, c.num_clients, c.membership, seed=tr.seed, num_layers=fm.num_blocks)
+        with config_errors('partition'):
+            part = partition(labels[client_rows], c.num_clients, scheme=p.scheme, seed=p.seed, alpha=p.alpha,
+                             classes_per_client=p.classes_per_client, beta=p.beta, min_size=p.min_size,
+                             label_names=task.label_names)
+        with config_errors('plan'):
+            plan = CapacityPlan(c.capacities, c.fractions, c.num_clients, c.membership, seed=tr.seed, num_layers=fm.num_blocks)
         fed = cls(cfg, fm, task, make(task.train), make(task.test), proxy_set, part, client_rows, plan, None, device)
         fed.strategy = build_strategy(fed)
         return fed
@@ -323,6 +363,9 @@ def finish_round(fed:Federation, plan:RoundPlan, state:dict[str, torch.Tensor],
                 ) -> tuple[dict, dict, list[dict]]:
     "Aggregate the replies and write the round's row: (new global state, round row, client rows)."
     new_state, info = fed.strategy.aggregate_train(plan.round, state, updates)
+    for u in updates:
+        if u.client in info['rejected']:
+            _log.warning('round %d: client %d rejected: %s', plan.round, u.client, rejection_reason(u) or 'refused by the strategy')
     for r in client_rows:
         if r['client'] in info['rejected']: r['status'] = 'rejected'
     ok = [r for r in client_rows if r['status'] == 'ok']
@@ -420,12 +463,43 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
                   ) -> RunResult:
     "Run (or resume) a federated experiment and write its results into `config.output.dir`."
     cfg = make_config(config, **overrides)
+    run_dir = Path(cfg.output.dir)
+    resuming = check_run_dir(run_dir, cfg.to_dict(), cfg.output.resume)   # refused before anything loads
+    if resuming: _check_resumable(run_dir)
+    fed = Federation.from_config(cfg)                                      # bad input fails here, nothing written
+    with discard_on_failure(run_dir, enabled=not resuming) as keep:
+        prepare_run_dir(run_dir, cfg.to_dict(), cfg.output.resume)
+        extra = (setup(fed) if setup is not None else None) or {}
+        res, seconds = _run_rounds(fed, run_dir, resuming, round_fn or run_round, on_round_end, keep)
+    _save_png(res.plot_metric(), run_dir/'metric.png')
+    _save_png(res.plot_trainers(), run_dir/'trainers.png')
+    ev = res.rounds.dropna(subset=['accuracy'])
+    summary = {'name': cfg.name, 'rounds': cfg.train.rounds, 'final': res.final,
+               'best_accuracy': float(ev['accuracy'].max()) if len(ev) else None,
+               'seconds_this_call': seconds, 'resumed_from': res.resumed_from, **extra}
+    atomic_write_text(run_dir/'summary.json', json.dumps(summary, indent=2, default=float))
+    return res
+
+# what a run writes that resuming without a checkpoint would overwrite
+RESULT_FILES = ('rounds.csv', 'rounds.parquet', 'clients.csv', 'clients.parquet', 'summary.json')
+
+def _check_resumable(run_dir:Path):
+    "Refuse to resume a folder with results but no checkpoint: starting again at round 0 would overwrite them."
+    found = [f for f in RESULT_FILES if (run_dir/f).is_file()]
+    check(not found or len(list_checkpoints(run_dir)) > 0, 'output.resume', True,
+          f'{run_dir} holds results ({", ".join(found)}) but no checkpoint to continue from, and starting over would '
+          f'overwrite them (a run with output.checkpoint_every=0 cannot be resumed); choose a new output.dir, or '
+          f'remove the folder to run again')
+
+def _run_rounds(fed:Federation, run_dir:Path,
+                resuming:bool,          # continue from the newest checkpoint, if there is one
+                round_fn:Callable,      # `round_fn(fed, t, state)`, like `run_round`
+                on_round_end,           # called with each round's row, or None
+                keep:Callable           # from `discard_on_failure`: called once a round's tables are written
+               ) -> tuple[RunResult, float]:
+    "The round loop, from round 0 or the newest checkpoint: (result, seconds it took)."
+    cfg = fed.config
     out, tr = cfg.output, cfg.train
-    run_dir = Path(out.dir)
-    resuming = prepare_run_dir(run_dir, cfg.to_dict(), out.resume)
-    fed = Federation.from_config(cfg)
-    extra = (setup(fed) if setup is not None else None) or {}
-    round_fn = round_fn or run_round
     state, rounds, clients, start = fed.fm.state(), [], [], 0
     if resuming and (cp := load_checkpoint(run_dir)) is not None:
         tensors, saved = cp
@@ -444,6 +518,7 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
         else: row.update(accuracy=float('nan'), macro_f1=float('nan'), eval_loss=float('nan'))
         rounds.append(row); clients.extend(crow)
         _write_tables(run_dir, rounds, clients, out.format)
+        keep()
         if out.checkpoint_every and ((t + 1) % out.checkpoint_every == 0 or t + 1 == tr.rounds):
             save_checkpoint(run_dir, t + 1, state, {'strategy': fed.strategy.state_dict(), 'rng': rng_state(),
                                                      'rounds': rounds, 'clients': clients})
@@ -452,14 +527,7 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
         if on_round_end is not None: on_round_end(row)
     bar.close()
     res = RunResult(cfg, run_dir, pd.DataFrame(rounds), pd.DataFrame(clients), state, resumed_from=start)
-    _save_png(res.plot_metric(), run_dir/'metric.png')
-    _save_png(res.plot_trainers(), run_dir/'trainers.png')
-    ev = res.rounds.dropna(subset=['accuracy'])
-    summary = {'name': cfg.name, 'rounds': tr.rounds, 'final': res.final,
-               'best_accuracy': float(ev['accuracy'].max()) if len(ev) else None,
-               'seconds_this_call': time.perf_counter() - t_run, 'resumed_from': start, **extra}
-    atomic_write_text(run_dir/'summary.json', json.dumps(summary, indent=2, default=float))
-    return res
+    return res, time.perf_counter() - t_run
 
 def _write_tables(run_dir:Path, rounds:list, clients:list, fmt:str):
     write_table(pd.DataFrame(rounds), run_dir/'rounds', fmt)

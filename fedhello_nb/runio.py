@@ -7,6 +7,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/runio.html.md"""
 # %% ../nbs/08_runio.ipynb #8e0c336a
 from __future__ import annotations
 import json, os, random, shutil, tempfile, base64
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,7 +16,8 @@ from .validate import FedHelloError, check_choice
 
 # %% auto #0
 __all__ = ['TABLE_FORMATS', 'RUN_MARKER', 'atomic_write', 'atomic_write_text', 'write_table', 'read_table', 'rng_state',
-           'set_rng_state', 'save_checkpoint', 'list_checkpoints', 'load_checkpoint', 'prepare_run_dir']
+           'set_rng_state', 'save_checkpoint', 'list_checkpoints', 'load_checkpoint', 'check_run_dir',
+           'prepare_run_dir', 'discard_on_failure']
 
 # %% ../nbs/08_runio.ipynb #2d1e33c6
 def atomic_write(path:str|Path, # destination file
@@ -133,12 +135,12 @@ def load_checkpoint(run_dir:str|Path) -> tuple[dict[str, torch.Tensor], dict]|No
 # %% ../nbs/08_runio.ipynb #b1554d21
 RUN_MARKER = 'config.json'
 
-def prepare_run_dir(run_dir:str|Path,
-                    config:dict,          # the resolved configuration (plain dict) of the run about to start
-                    resume:bool=False,    # continue the run already in the folder
-                    ignore:tuple=('output',) # top-level sections that may differ on resume
-                   ) -> bool:
-    "Create or check `run_dir`; returns True when there is a run to resume. Refuses to clobber another run."
+def check_run_dir(run_dir:str|Path,
+                  config:dict,          # the resolved configuration (plain dict) of the run about to start
+                  resume:bool=False,    # continue the run already in the folder
+                  ignore:tuple=('output',) # top-level sections that may differ on resume
+                 ) -> bool:
+    "Check, writing nothing, that `run_dir` may take this run; True when there is a run to resume. Refuses to clobber another run."
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir(): raise FedHelloError('output.dir', str(run_dir), 'expected a folder, found a file')
     marker = run_dir/RUN_MARKER
@@ -152,6 +154,40 @@ def prepare_run_dir(run_dir:str|Path,
         return True
     if run_dir.is_dir() and any(p for p in run_dir.iterdir() if not p.name.startswith('.')) and not resume:
         raise FedHelloError('output.dir', str(run_dir), 'expected a new or empty folder (it holds other files)')
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(marker, json.dumps(config, indent=2))
     return False
+
+def prepare_run_dir(run_dir:str|Path,
+                    config:dict,          # the resolved configuration (plain dict) of the run about to start
+                    resume:bool=False,    # continue the run already in the folder
+                    ignore:tuple=('output',) # top-level sections that may differ on resume
+                   ) -> bool:
+    "`check_run_dir`, then create the folder and write `config.json` unless resuming; True when there is a run to resume."
+    if check_run_dir(run_dir, config, resume, ignore): return True
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(run_dir)/RUN_MARKER, json.dumps(config, indent=2))
+    return False
+
+# %% ../nbs/08_runio.ipynb #733e71fd
+@contextmanager
+def discard_on_failure(run_dir:str|Path, # the run folder about to be started
+                       enabled:bool=True # False never removes anything (e.g. when resuming a run)
+                      ):
+    "Undo what the block creates in `run_dir` if it raises before calling the yielded `keep()`."
+    run_dir = Path(run_dir)
+    before = set(os.listdir(run_dir)) if run_dir.is_dir() else None
+    kept = []
+    try: yield lambda: kept.append(True)
+    except BaseException:
+        if enabled and not kept: _remove_new(run_dir, before)
+        raise
+
+def _remove_new(run_dir:Path, before:set|None):
+    "Remove the entries of `run_dir` not in `before`; the folder too when `before` is None (it did not exist)."
+    if not run_dir.is_dir(): return
+    for p in run_dir.iterdir():
+        if before is not None and p.name in before: continue
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
+        else: p.unlink(missing_ok=True)
+    if before is None:
+        try: run_dir.rmdir()
+        except OSError: pass        # something appeared meanwhile: leave it

@@ -71,3 +71,11 @@ def test_default_task_files_regenerate_identically(tmp_path):
     task, again = default_task(), load_data(str(tmp_path))
     assert task.label_names == again.label_names
     assert task.train.texts == again.train.texts and (task.train.labels == again.train.labels).all()
+
+
+def test_empty_table_file_is_refused_by_name(tmp_path):
+    (tmp_path / 'train.csv').write_text('')
+    with pytest.raises(FedHelloError, match=r"invalid path='.*train\.csv': expected a non-empty table file"):
+        load_table_folder(tmp_path)
+    with pytest.raises(FedHelloError, match=r"invalid path=.*non-empty"):
+        load_data(str(tmp_path / 'train.csv'))
