@@ -7,7 +7,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/widgets.html.md"""
 
 # %% ../nbs/22_widgets.ipynb #c37e9f36
 from __future__ import annotations
-import asyncio, base64, html, io, os, re, threading, time
+import asyncio, base64, html, io, math, os, re, threading, time
 from contextlib import contextmanager
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -26,28 +26,40 @@ from .allocation import (CapacityPlan, make_strategy, scale_capacities, gd_sets,
 # %% auto #0
 __all__ = ['MEMORY_PANEL_MODELS', 'ALLOCATION_PANEL_STRATEGIES', 'MEMORY_VALUES', 'RUN_PANEL_MODELS', 'parse_numbers',
            'as_output', 'show', 'figures_in', 'Debouncer', 'Panel', 'estimator_cache_dir', 'estimator_for',
-           'class_memory', 'AllocationExplorer', 'data_sources', 'PartitionExplorer', 'GroupingExplorer',
-           'MemoryExplorer', 'RunStopped', 'RunPanel']
+           'class_memory', 'model_depth', 'capacities_for_depth', 'order_for_depth', 'AllocationExplorer',
+           'data_sources', 'PartitionExplorer', 'GroupingExplorer', 'MemoryExplorer', 'RunStopped', 'RunPanel']
 
 # %% ../nbs/22_widgets.ipynb #e096f411
 def parse_numbers(text,             # what was typed, e.g. '6, 9, 12' or '1/3 1/3 1/3' (a list passes through)
                   param:str,        # the parameter's name for the error message, e.g. 'clients.capacities'
                   integer:bool=False # integers only
                  ) -> list:
-    "The numbers in `text` (an empty list for blank text), else `FedHelloError` naming `param`."
+    "The finite numbers in `text` (an empty list for blank text), else `FedHelloError` naming `param`."
     want = 'expected ' + ('integers' if integer else 'numbers') + ' separated by commas, e.g. ' + \
            ('6, 9, 12' if integer else '0.6, 0.3, 0.1 or 1/3, 1/3, 1/3')
     tokens = list(text) if isinstance(text, (list, tuple, np.ndarray)) else \
              [t for t in re.split(r'[\s,;:]+', str(text).strip()) if t]
-    out = []
-    for t in tokens:
-        try: v = Fraction(str(t).strip())
-        except (ValueError, ZeroDivisionError): raise FedHelloError(param, text, want) from None
-        if integer:
-            check(v.denominator == 1, param, text, want)
-            out.append(int(v))
-        else: out.append(float(v))
-    return out
+    return [_number(str(t).strip(), param, text, want, integer) for t in tokens]
+
+def _number(t:str,      # one token, e.g. '0.6', '1/3' or '1e400'
+            param:str, text, # for the message: the parameter and everything that was typed
+            want:str,   # what is allowed, in words
+            integer:bool):
+    "`t` as an int or a finite float. Decimals are read with `float` first, so a huge exponent costs nothing."
+    try:
+        v = Fraction(t) if '/' in t else None
+        x = float(v) if v is not None else float(t)
+    except (ValueError, ZeroDivisionError): raise FedHelloError(param, text, want) from None
+    except OverflowError: x = math.inf                    # a fraction beyond the range of a float
+    if not math.isfinite(x):
+        what = 'not a finite number' if re.search('inf|nan', t, re.I) else 'too large (at most 1.8e308)'
+        raise FedHelloError(param, text, f'{t} is {what}; {want}')
+    if not integer: return x
+    v = Fraction(t) if v is None else v                   # exact, so that 9007199254740993 stays itself
+    check(v.denominator == 1, param, text, want)
+    check(abs(v) < 2**63, param, text, f'{t} is too large (integers must be below 2**63); {want}')
+    return int(v)
+
 
 # %% ../nbs/22_widgets.ipynb #a61599d4
 def as_output(item, # a matplotlib Figure, a DataFrame, or an HTML string
@@ -133,6 +145,11 @@ class Debouncer:
 
 # %% ../nbs/22_widgets.ipynb #f831f174
 _ERROR_STYLE = 'color:#b00020;font-weight:600'
+_WARN_STYLE = 'color:#8a5a00'
+
+def _message(e:Exception) -> str:
+    "What a panel shows for `e`: a `FedHelloError`'s message; anything else is a bug, so its type is shown too."
+    return str(e) if isinstance(e, FedHelloError) else f'unexpected {type(e).__name__}: {e}'
 
 def _nest(flat:dict) -> dict:
     "`{'a.b': 1}` -> `{'a': {'b': 1}}`."
@@ -155,8 +172,9 @@ class Panel:
         self.export_area = W.Textarea(layout=W.Layout(width='100%', height='9em', display='none'))
         self.export_button = W.Button(description='Export', tooltip='show the configuration and papermill parameters')
         self.export_button.on_click(lambda _: self.show_export())
-        self.error: str|None = None          # the message of the last bad input, None when valid
-        self.exception: FedHelloError|None = None
+        self.error: str|None = None          # the message of the last bad input (or bug), None when valid
+        self.exception: Exception|None = None # its exception: a FedHelloError, or an unexpected one with its traceback
+        self.warning: str|None = None        # a note on what the export means (shown under the status), None if none
         self.updates = 0                     # recomputations so far (successful or not)
         self._listeners: list[Callable] = []
         self._busy = threading.RLock()
@@ -221,12 +239,14 @@ class Panel:
             try:
                 self._compute()
                 self._draw()
-            except FedHelloError as e:
-                self.error, self.exception = str(e), e
-                self.status.value = f'<span style="{_ERROR_STYLE}">&#9888; {html.escape(str(e))}</span>'
+                summary, warning = self._summary(), self._warning()
+            except Exception as e:            # bad input or a bug: shown in the panel, never raised into the notebook
+                self.error, self.exception = _message(e), e
+                self._set_status(self.error, error=True)
                 return
-            self.error = self.exception = None
-            self.status.value = html.escape(self._summary())
+            self.error, self.exception, self.warning = None, None, warning
+            self.status.value = html.escape(summary) + (
+                f'<br><span style="{_WARN_STYLE}">&#9888; {html.escape(warning)}</span>' if warning else '')
         for cb in self._listeners: cb(self)
 
     def _set_status(self, text:str, error:bool=False):
@@ -235,6 +255,7 @@ class Panel:
     def _compute(self): pass
     def _draw(self): pass
     def _summary(self) -> str: return 'ok'
+    def _warning(self) -> str|None: return None
     def _export(self) -> dict: return {}
 
     # -- state and export
@@ -268,13 +289,14 @@ class Panel:
         "What the Export button shows: the values as a YAML fragment and as papermill parameters."
         flat = self.export()
         pm = yaml.safe_dump(self.to_papermill(), sort_keys=False, default_flow_style=None).strip()
-        return ('# configuration (merge into a YAML config file)\n' + yaml.safe_dump(_nest(flat), sort_keys=False) +
+        note = ''.join(f'# warning: {line}\n' for line in (self.warning or '').splitlines())
+        return (note + '# configuration (merge into a YAML config file)\n' + yaml.safe_dump(_nest(flat), sort_keys=False) +
                 '# papermill parameters of nbs/experiment.ipynb (papermill ... -y "<this>")\n' + pm + '\n')
 
     def show_export(self):
         "Fill the export area (or show why the inputs cannot be exported)."
         try: self.export_area.value = self.export_text()
-        except FedHelloError as e: self.export_area.value = f'# cannot export: {e}'
+        except Exception as e: self.export_area.value = f'# cannot export: {_message(e)}'
         self.export_area.layout.display = ''
 
     def _ipython_display_(self):
@@ -347,10 +369,47 @@ def class_memory(est,                          # a calibrated `MemoryEstimator` 
                      'full_peak': float(full.peak), 'peak_ratio': float(peak / full.peak)})
     return pd.DataFrame(rows)
 
+# %% ../nbs/22_widgets.ipynb #398a5859
+_DEPTHS: dict = {}
+
+def model_depth(name:str # `model.name` of a run: 'all-MiniLM-L6-v2', 'tiny-bert', 'tiny-vit', a local folder or a hub id
+               ) -> int:
+    "L, the transformer blocks of the model a run builds for `name`, read from its configuration (no weights loaded)."
+    import inspect
+    from fedhello_nb.model import TINY_MODEL_NAMES, resolve_model, tiny_bert, tiny_vit
+    if name not in _DEPTHS:
+        if name in TINY_MODEL_NAMES:    # built at their default depth by `load_model`
+            _DEPTHS[name] = inspect.signature(tiny_bert if name == 'tiny-bert' else tiny_vit).parameters['num_blocks'].default
+        else: _DEPTHS[name] = int(resolve_model(name)[2].num_hidden_layers)
+    return _DEPTHS[name]
+
+def capacities_for_depth(capacities:Sequence[int], # the capacity of each class, for `L` blocks
+                         L:int,                    # the blocks they were set for
+                         to:int                    # the blocks of the model they are for
+                        ) -> list[int]:
+    "Capacities scaled from `L` to `to` blocks (in proportion, rounded half up, within 1..`to`)."
+    L, to = check_int('num_layers', L, ge=1), check_int('depth', to, ge=1)
+    caps = [check_int('capacities', c, ge=1, le=L) for c in capacities]
+    if caps == scale_capacities(L): return scale_capacities(to)     # the default stays the default
+    return [min(to, max(1, math.floor(c * to / L + 0.5))) for c in caps]
+
+def order_for_depth(order:Sequence[int], # a custom pattern's order: a permutation of 0..L-1
+                    to:int               # the blocks of the model it is for
+                   ) -> list[int]:
+    "`order` carried to `to` blocks: each block takes the earliest position of the layers at its relative depth."
+    L, to = len(order), check_int('depth', to, ge=1)
+    check(sorted(order) == list(range(L)), 'custom_order', list(order), f'expected a permutation of 0..{L - 1}')
+    rank = {l: i for i, l in enumerate(order)}
+    def first(j):   # the layers whose relative depth falls in block j (scaling up: the layer at j's centre)
+        return min(rank[l] for l in ([l for l in range(L) if l * to // L == j] or [(2 * j + 1) * L // (2 * to)]))
+    return sorted(range(to), key=lambda j: (first(j), j))
+
+
 # %% ../nbs/22_widgets.ipynb #87707e0a
 ALLOCATION_PANEL_STRATEGIES = {'GD-HLA': 'gd', 'RGD-HLA': 'rgd', 'FIM-HLA': 'fim', 'FedRA': 'fedra',
                                'depth': 'depth', 'full LoRA': 'full'}
 _NO_MEMORY = '(none)'
+_GIVEN = '(given)'
 
 def _scores_text(scores) -> str:
     "A `fim_scores` table or a list of scores as text for the scores box."
@@ -384,8 +443,13 @@ class AllocationExplorer(Panel):
                  memory_model:str|None=None,          # a model of `MEMORY_PANEL_MODELS` for the memory plot (calibrated on first use)
                  estimator=None,                      # or a calibrated `MemoryEstimator` (sets L)
                  batch:int=32, seq_len:int=128,       # memory: local batch and sequence length
+                 run_model:str|None=None,             # the model the export is for; None: the memory model if a run can load it, else `DEFAULT_MODEL`
                  debounce:float=0.25):
         super().__init__(debounce)
+        if run_model is not None:
+            try: model_depth(run_model)
+            except FedHelloError as e: raise FedHelloError('run_model', run_model, e.allowed) from None
+        self.run_model = run_model
         self._estimator = estimator
         if estimator is not None: num_layers = estimator.num_layers
         L = check_int('num_layers', num_layers, ge=1, le=64)
@@ -414,8 +478,8 @@ class AllocationExplorer(Panel):
         self.mapping = a('mapping', W.Dropdown(options=list(FIM_MAPPINGS), value=mapping, description='mapping', layout=wide()))
         self.depth = a('depth', W.BoundedIntText(depth or 0, min=0, max=64, description='depth',
                                                  tooltip='0: each client its capacity', layout=W.Layout(width='160px')))
-        models = [_NO_MEMORY, *MEMORY_PANEL_MODELS] + ([] if estimator is None else ['(given)'])
-        self.memory_model = a('memory_model', W.Dropdown(options=models, value='(given)' if estimator is not None
+        models = [_NO_MEMORY, *MEMORY_PANEL_MODELS] + ([] if estimator is None else [_GIVEN])
+        self.memory_model = a('memory_model', W.Dropdown(options=models, value=_GIVEN if estimator is not None
                                                          else (memory_model or _NO_MEMORY), description='memory', layout=wide()), watch=False)
         self.batch = a('batch', W.BoundedIntText(batch, min=1, max=100000, description='batch', layout=W.Layout(width='160px')))
         self.seq_len = a('seq_len', W.BoundedIntText(seq_len, min=1, max=100000, description='seq len', layout=W.Layout(width='160px')))
@@ -473,12 +537,12 @@ class AllocationExplorer(Panel):
 
     def _memory_changed(self, *_):
         name = self.memory_model.value
-        if name in (_NO_MEMORY, '(given)'):
+        if name in (_NO_MEMORY, _GIVEN):
             if name == _NO_MEMORY: self._estimator = None
             return self._changed()
         self._set_status(f'calibrating the memory model of {name} (once per model) ...')
         try: self._estimator = estimator_for(name)
-        except FedHelloError as e: self._set_status(str(e), error=True); return
+        except Exception as e: self._set_status(_message(e), error=True); return   # a change handler never raises
         if self.num_layers.value != self._estimator.num_layers: self.num_layers.value = self._estimator.num_layers
         else: self._changed()
 
@@ -513,7 +577,11 @@ class AllocationExplorer(Panel):
             s = parse_numbers(self.scores.value, 'scores')
             check(len(s) == L, 'scores', self.scores.value or None,
                   f'FIM-HLA needs one layer score per layer ({L}); paste a fim_scores table or type them')
-            p = fim_probabilities(s, self.mapping.value)
+            check(min(s) >= 0 and max(s) > 0, 'scores', self.scores.value,
+                  'FIM scores are Fisher information: non-negative, and not all zero')
+            with np.errstate(all='ignore'): p = fim_probabilities(s, self.mapping.value)
+            check(bool(np.isfinite(p).all()) and abs(p.sum() - 1) < 1e-6, 'scores', self.scores.value,
+                  f'too large for the {self.mapping.value!r} mapping; divide them all by a common factor')
             opts.update(scorer=lambda context: s, mapping=self.mapping.value, t_fim=1)
         elif name == 'rgd': p = rgd_probabilities(plan.capacities, plan.fractions, pattern, L, **custom)
         elif name == 'fedra': p = np.full(L, 1 / L)
@@ -586,17 +654,44 @@ class AllocationExplorer(Panel):
                 f'(sizes {p.class_sizes()}); layers trained per client {sorted(set(self.allocation.row_sums.tolist()))}; '
                 f'counts {self.allocation.counts.tolist()}')
 
+    @property
+    def export_model(self) -> tuple[str, int]:
+        "(name, L) of the model the export is for: `run_model`, else the memory model if a run can load it, else the default."
+        from fedhello_nb.memory import MEMORY_MODEL_NAMES
+        mem = self.memory_model.value
+        name = self.run_model or (mem if mem in MEMORY_PANEL_MODELS and mem not in MEMORY_MODEL_NAMES else DEFAULT_MODEL)
+        return name, model_depth(name)
+
     def _export(self):
         custom = self._custom()
         order = custom.get('custom_order') or (order_from_counts(custom['custom_counts']) if custom else None)
-        name, K = self.strategy.value, self.num_clients.value
-        flat = {'allocation.strategy': name, 'allocation.pattern': self.pattern.value,
+        name, K, L = self.strategy.value, self.num_clients.value, self.num_layers.value
+        model, to = self.export_model
+        caps, depth = list(self.plan.capacities), self.depth.value or None
+        if to != L:     # the layer values, carried to the model's depth (`_warning` says so)
+            caps = capacities_for_depth(caps, L, to)
+            if order is not None: order = order_for_depth(order, to)
+            if depth is not None: depth = capacities_for_depth([depth], L, to)[0]
+        flat = {'model.name': model, 'allocation.strategy': name, 'allocation.pattern': self.pattern.value,
                 'allocation.custom_order': order, 'allocation.seed': self.seed.value,
-                'clients.capacities': list(self.plan.capacities), 'clients.fractions': list(self.plan.fractions),
+                'clients.capacities': caps, 'clients.fractions': list(self.plan.fractions),
                 'clients.num_clients': K, 'clients.per_round': min(ExperimentConfig().clients.per_round, K)}
-        if name == 'depth': flat['allocation.depth'] = self.depth.value or None
+        if name == 'depth': flat['allocation.depth'] = depth
         if name == 'fim': flat['allocation.fim_mapping'] = self.mapping.value
         return flat
+
+    def _warning(self):
+        "When the panel's L is not the depth of the export's model: which values the export scaled."
+        (model, to), L = self.export_model, self.num_layers.value
+        if to == L: return None
+        flat, mem = self._export(), self.memory_model.value
+        held = [f"capacities {list(self.plan.capacities)} as {flat['clients.capacities']}"]
+        if flat['allocation.custom_order'] is not None: held.append(f"the custom order as {flat['allocation.custom_order']}")
+        if flat.get('allocation.depth') is not None: held.append(f"depth {self.depth.value} as {flat['allocation.depth']}")
+        why = '' if self.run_model is not None or mem == _NO_MEMORY or mem == model else \
+              (' (the given estimator names no model)' if mem == _GIVEN else f' ({mem} is a memory-study model a run cannot load)')
+        return (f'the export is for {model} ({to} blocks), not L = {L}{why}: it holds {", ".join(held)}; '
+                f"set L = {to}, or give run_model='...', to export the values shown")
 
 # %% ../nbs/22_widgets.ipynb #05bcff23
 _TASKS: dict = {}

@@ -4,12 +4,16 @@ A notebook that builds every panel (and runs a tiny federated run in the run pan
 stores the widget state in the notebook's metadata. nbconvert renders it to HTML with the widget views embedded; the
 widget JavaScript (`@jupyter-widgets/html-manager`'s standalone `embed.js`, fetched with `npm pack` from the npm
 registry, or taken from $FEDHELLO_WIDGET_JS) is served with the page from 127.0.0.1, since there is no CDN here.
+Before the browser opens it, the page is checked to load nothing from elsewhere: no `<script src>`, `<link href>`
+(stylesheets, icons, preloads), `<img>`/`<iframe>`/`<source>` src or CSS `url()`/`@import` off 127.0.0.1.
 Headless Chromium (Debian's package) opens the page with every host but 127.0.0.1 unresolvable, dumps the DOM after
 the scripts ran, and takes a screenshot. The test asserts that the panels rendered: their controls (sliders,
 dropdowns, buttons, text areas, a progress bar), their status lines and their figures.
 
-Skipped only when chromium is not installed (`apt-get install -y chromium`). The screenshot, the HTML and the DOM are
-kept in the test's temporary folder (its path is printed) and copied to $FEDHELLO_ARTIFACTS when that is set.
+Skipped only when chromium is not installed (`apt-get install -y chromium`). The screenshot (`panels.png`), the DOM
+and the HTML are written to the test's temporary folder and copied to $FEDHELLO_ARTIFACTS when that is set, which
+`tools/test.sh` does (default `runs/test-artifacts/` in the repository, git-ignored), so after a test run the
+screenshot is at `runs/test-artifacts/panels.png`; the test prints where it kept them, also when it passes.
 """
 import os, re, shutil, subprocess, sys, tarfile, threading, time
 from collections import Counter
@@ -21,7 +25,7 @@ import pytest
 
 CHROMIUM = next((p for p in (shutil.which('chromium'), shutil.which('chromium-browser'), '/usr/bin/chromium')
                  if p and Path(p).exists()), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason='chromium is not installed (apt-get install -y chromium)')
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason='chromium is not installed (apt-get install -y chromium)')
 
 HTML_MANAGER = '@jupyter-widgets/html-manager@^1.0.0'    # the embed bundle of ipywidgets 8 (controls 5)
 STATE_MIME = 'application/vnd.jupyter.widget-state+json'
@@ -88,6 +92,31 @@ class _Page(HTMLParser):
         if not self._skip: self.text.append(data)
 
 
+def _remote_loads(page:str, # the HTML of the page
+                  base:str  # where it may load from, e.g. 'http://127.0.0.1:8000'
+                 ) -> list[str]:
+    "URLs the page would fetch from elsewhere than `base`: scripts, links, images, frames, CSS `url()` and `@import`."
+    tags = re.findall(r'<(?:script|link|img|iframe|source|embed)\b[^>]*>', page, re.I)
+    urls = [u for t in tags for u in re.findall(r'\s(?:src|href|srcset)\s*=\s*["\']?([^"\'\s>]+)', t, re.I)]
+    urls += re.findall(r'(?:url\(\s*["\']?|@import\s+["\'])((?:[a-z][a-z0-9+.-]*:)?//[^"\')\s]+)', page, re.I)
+    absolute = lambda u: re.match(r'(?:[a-z][a-z0-9+.-]*:)?//', u, re.I)   # relative URLs and data: stay here
+    return [u for u in urls if absolute(u) and not u.startswith(base + '/')]
+
+
+def test_remote_loads():
+    base = 'http://127.0.0.1:8000'
+    page = (f'<script src="{base}/embed.js"></script><script>var a = "<b>";</script>'
+            '<link rel="stylesheet" href="https://cdn.example.org/font-awesome.css">'
+            "<LINK rel=icon href='//cdn.example.org/favicon.ico'><link rel=preload href=local.css>"
+            '<img src="data:image/png;base64,AAAA"><style>@import "https://fonts.example.org/x.css"; '
+            '.a{background:url(data:image/svg+xml;base64,AAA)} .b{background:url( "http://img.example.org/b.png")}</style>'
+            f'<script src="{base}.evil.org/x.js"></script>')
+    assert _remote_loads(page, base) == ['https://cdn.example.org/font-awesome.css', '//cdn.example.org/favicon.ico',
+                                         f'{base}.evil.org/x.js', 'https://fonts.example.org/x.css',
+                                         'http://img.example.org/b.png']
+    assert _remote_loads(f'<link href="{base}/style.css"><script src="{base}/a.js">', base) == []
+
+
 def _serve(folder:Path):
     "A loopback HTTP server for `folder` in a thread: (server, list of requested paths)."
     requested = []
@@ -98,7 +127,8 @@ def _serve(folder:Path):
     return server, requested
 
 
-def test_panels_render_in_chromium(tmp_path):
+@needs_chromium
+def test_panels_render_in_chromium(tmp_path, capsys):
     import nbformat
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
@@ -138,8 +168,8 @@ def test_panels_render_in_chromium(tmp_path):
         exporter = HTMLExporter(template_name='lab', exclude_input=True, widget_renderer_url=f'{base}/embed.js',
                                 require_js_url=f'{base}/no-require.js', mathjax_url=f'{base}/no-require.js')
         page, _ = exporter.from_notebook_node(nb)
-        remote = [u for u in re.findall(r'<script[^>]+src="([^"]+)"', page) if not u.startswith(base)]
-        assert remote == [], f'scripts still load from elsewhere: {remote}'
+        remote = _remote_loads(page, base)
+        assert remote == [], f'the page still loads files from elsewhere: {remote}'
         assert STATE_MIME in page and f'{base}/embed.js' in page
         (site/'panels.html').write_text(page)
 
@@ -155,11 +185,13 @@ def test_panels_render_in_chromium(tmp_path):
     finally:
         server.shutdown(); server.server_close()
     t_browser = time.perf_counter()
-    print(f'\nscreenshot: {shot}\nDOM: {tmp_path/"dom.html"}\nHTML: {site/"panels.html"}\n'
-          f'seconds: widget JS {t_js - t0:.1f}, execute {t_exec - t_js:.1f}, render and browser {t_browser - t_exec:.1f}')
-    if os.environ.get('FEDHELLO_ARTIFACTS'):
-        out = Path(os.environ['FEDHELLO_ARTIFACTS']); out.mkdir(parents=True, exist_ok=True)
-        for f in (shot, tmp_path/'dom.html', site/'panels.html'): shutil.copy(f, out/f.name)
+    kept = [shot, tmp_path/'dom.html', site/'panels.html']
+    if os.environ.get('FEDHELLO_ARTIFACTS'):          # kept before the checks below, so a failure leaves its screenshot
+        out = Path(os.environ['FEDHELLO_ARTIFACTS']).resolve(); out.mkdir(parents=True, exist_ok=True)
+        kept = [Path(shutil.copy(f, out/f.name)) for f in kept]
+    with capsys.disabled():                            # shown in a passing run too
+        print(f'\nbrowser check: screenshot {kept[0]}\n  DOM {kept[1]}\n  HTML {kept[2]}\n'
+              f'  seconds: widget JS {t_js - t0:.1f}, execute {t_exec - t_js:.1f}, render and browser {t_browser - t_exec:.1f}')
 
     # 4. the panels rendered: the widget script was fetched from here, and the controls and figures are in the page
     assert '/embed.js' in requested, requested

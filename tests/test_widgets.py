@@ -56,7 +56,8 @@ def test_allocation_defaults_and_controls():
     ax.strategy.value = 'full'
     assert ax.allocation.row_sums.tolist() == [12] * 12
     ax.strategy.value = 'depth'; ax.depth.value = 2
-    assert ax.allocation.layers_of(0) == [10, 11] and ax.export()['allocation.depth'] == 2
+    assert ax.allocation.layers_of(0) == [10, 11]
+    assert ax.export()['allocation.depth'] == 1 and 'depth 2 as 1' in ax.warning   # carried to the default model's 6 blocks
     ax.depth.value = 0
     assert ax.allocation.layers_of(11) == list(range(12)) and ax.export()['allocation.depth'] is None
     ax.strategy.value = 'fedra'; ax.num_clients.value = 30
@@ -80,6 +81,83 @@ def test_allocation_bad_input_is_shown_not_raised():
     assert ax.error.startswith("invalid clients.fractions='a lot': expected numbers")
     ax.fractions.value = '0.6:0.3:0.1'
     assert ax.error is None and ax.plan.class_sizes() == [7, 3, 2]
+
+
+def test_parse_numbers_rejects_non_finite():
+    assert wg.parse_numbers('1/3, 0.5', 'f') == [1/3, 0.5]
+    for typed, why in (('1e400', '1e400 is too large'), ('-1e400', 'is too large'), ('inf', 'inf is not a finite number'),
+                       ('NaN', 'NaN is not a finite number'), ('1' + '0' * 400 + '/7', 'is too large')):
+        with pytest.raises(FedHelloError, match=r'^invalid clients\.fractions=') as e: wg.parse_numbers(typed, 'clients.fractions')
+        assert why in str(e.value)
+    with pytest.raises(FedHelloError, match='below 2\\*\\*63'): wg.parse_numbers('1e19', 'clients.capacities', integer=True)
+
+
+def test_allocation_overflow_and_bad_scores_are_shown():
+    ax = AllocationExplorer(num_layers=4, strategy='fim', scores=[1, 2, 3, 4], debounce=0)
+    assert ax.error is None
+    ax.fractions.value = '1e400, 0, 0'                          # was an OverflowError out of the change handler
+    assert ax.error.startswith("invalid clients.fractions='1e400, 0, 0': 1e400 is too large") and 'color:#b00020' in ax.status.value
+    ax.fractions.value = ''
+    ax.scores.value = '1, 2, 1e400, 4'
+    assert ax.error.startswith("invalid scores='1, 2, 1e400, 4': 1e400 is too large")
+    ax.scores.value = '1, -2, 3, 4'
+    assert ax.error == "invalid scores='1, -2, 3, 4': FIM scores are Fisher information: non-negative, and not all zero"
+    ax.scores.value = '0 0 0 0'
+    assert 'not all zero' in ax.error and 'not all zero' in ax.status.value
+    ax.scores.value = '1, 2, 3, inf'
+    assert 'inf is not a finite number' in ax.error
+    ax.scores.value = '1, 2, 3, 4'
+    assert ax.error is None and np.isclose(ax.probabilities.sum(), 1)
+
+
+def test_panel_shows_unexpected_exceptions(monkeypatch):
+    ax = AllocationExplorer(debounce=0)
+    monkeypatch.setattr(wg, 'rgd_probabilities', lambda *a, **k: np.ones(3) @ np.ones(4))   # a bug: shapes differ
+    ax.seed.value = 1                                           # the change handler does not raise ...
+    assert ax.error.startswith('unexpected ValueError: ') and isinstance(ax.exception, ValueError)
+    assert 'unexpected ValueError' in ax.status.value and 'color:#b00020' in ax.status.value
+    assert figures_in(ax.out) == 1                              # ... and the last good figures stay
+    with pytest.raises(ValueError): ax.export()
+    ax.export_button.click()
+    assert ax.export_area.value.startswith('# cannot export: unexpected ValueError')
+    monkeypatch.undo()
+    ax.seed.value = 2
+    assert ax.error is None and ax.exception is None
+
+
+def test_allocation_export_runs_on_the_models_depth():
+    """The export goes through what a run does: `make_config`, then the engine's `Federation.from_config` builds the
+    capacity plan for the model's real depth and the strategy, and a round is planned."""
+    from fedhello_nb.engine import Federation, plan_round
+    from fedhello_nb.allocation import CapacityPlan
+    # the default panel (L = 12) exports for the default 6-block model: capacities carried to 3/5/6, and a warning
+    ax = AllocationExplorer(debounce=0)
+    flat = ax.export()
+    assert flat['model.name'] == 'all-MiniLM-L6-v2' and flat['clients.capacities'] == [3, 5, 6]
+    assert ax.warning.startswith('the export is for all-MiniLM-L6-v2 (6 blocks), not L = 12')
+    ax.export_button.click()
+    assert ax.export_area.value.startswith('# warning: the export is for all-MiniLM-L6-v2 (6 blocks)')
+    cfg = make_config(None, **flat)
+    with pytest.raises(FedHelloError, match='<= 6'):            # what the export used to hold does not run
+        CapacityPlan(ax.plan.capacities, cfg.clients.fractions, cfg.clients.num_clients, num_layers=wg.model_depth(cfg.model.name))
+    # a 12-layer custom-order exploration exported for the tiny BERT (4 blocks), run through the engine
+    order = [11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+    ax = AllocationExplorer(strategy='gd', pattern='custom', custom_order=order, capacities=[3, 6, 12],
+                            fractions=[0.5, 0.25, 0.25], num_clients=8, run_model='tiny-bert', debounce=0)
+    flat = ax.export()
+    assert flat['model.name'] == 'tiny-bert' and flat['clients.capacities'] == [1, 2, 4]
+    assert flat['allocation.custom_order'] == [3, 2, 1, 0] and 'the custom order as [3, 2, 1, 0]' in ax.warning
+    small = {'data.max_train': 200, 'data.max_test': 40, 'train.rounds': 1}
+    fed = Federation.from_config(make_config(None, **flat, **small))
+    assert fed.num_blocks == 4 and fed.plan.capacities == [1, 2, 4]
+    rp = plan_round(fed, 0, fed.fm.state())
+    for client in rp.clients:                                   # GD with the carried order: the deepest blocks first
+        c = fed.plan.capacity_of(client)
+        assert rp.amap.layers_of(client) == list(range(4 - c, 4)), (client, c)
+    # at the model's depth: no warning, the values as shown
+    ax.num_layers.value = 4
+    ax.custom_order.value = '3 2 1 0'; ax.capacities.value = '1, 2, 4'
+    assert ax.error is None and ax.warning is None and ax.export()['clients.capacities'] == [1, 2, 4]
 
 
 def test_allocation_custom_patterns_and_fim():

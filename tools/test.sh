@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
+export FEDHELLO_ARTIFACTS="${FEDHELLO_ARTIFACTS:-$PWD/runs/test-artifacts}"   # the browser check keeps its screenshot here
 bash tools/setup.sh
 # the browser check (tests/test_browser.py) needs Debian's Chromium and npm (to fetch the widget JavaScript)
 need=""; command -v chromium >/dev/null || need="chromium"; command -v npm >/dev/null || need="$need npm"
