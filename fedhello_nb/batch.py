@@ -6,7 +6,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/batch.html.md"""
 
 # %% ../nbs/21_batch.ipynb #6fbb7410
 from __future__ import annotations
-import hashlib, itertools, json, os, re, sys, time, traceback
+import hashlib, itertools, json, os, re, shutil, sys, time, traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,24 +18,35 @@ from .config import ExperimentConfig, make_config, load_config
 from .runio import atomic_write_text, read_table
 
 # %% auto #0
-__all__ = ['KERNEL', 'RUN_RECORD', 'RESULTS_DIR', 'EXECUTED', 'SWEEP_KEYS', 'notebook_path', 'run_template', 'flatten_params',
-           'expand_grid', 'run_id', 'SweepSpec', 'load_sweep', 'run_complete', 'execute_run', 'run_sweep',
-           'SweepResult', 'collect', 'run_report']
+__all__ = ['KERNEL', 'RUN_RECORD', 'RESULTS_DIR', 'EXECUTED', 'TEMPLATES', 'SWEEP_KEYS', 'notebook_dirs', 'notebook_path',
+           'run_template', 'flatten_params', 'expand_grid', 'run_id', 'SweepSpec', 'load_sweep', 'run_complete',
+           'clear_unresumable', 'execute_run', 'run_sweep', 'SweepResult', 'collect', 'run_report']
 
 # %% ../nbs/21_batch.ipynb #03116f8a
 KERNEL = 'python3'          # the Jupyter kernel papermill starts (the venv's own python)
 RUN_RECORD = 'run.json'     # how a sweep run ended: status, error, seconds, parameters
 RESULTS_DIR = 'results'     # the run's own folder (what `run_experiment` writes) inside a sweep run folder
 EXECUTED = 'experiment.ipynb' # the executed template inside a sweep run folder
+TEMPLATES = 'templates'     # the package folder a wheel carries nbs/experiment.ipynb and nbs/report.ipynb in
 
-def notebook_path(name:str # 'experiment' (the template), 'report', or a path to a notebook
+def notebook_dirs() -> list[Path]:
+    "Where project notebooks are looked up, in order: `nbs/` of a source checkout, then the installed copies."
+    pkg = Path(fedhello_nb.__file__).resolve().parent
+    return [pkg.parent/'nbs', pkg/TEMPLATES]
+
+def notebook_path(name:str,           # 'experiment' (the template), 'report', or a path to a notebook
+                  dirs:list|None=None # folders to look in, first match wins; None: `notebook_dirs()`
                  ) -> Path:
     "The path of a project notebook by name, or of a notebook file; `FedHelloError` when it does not exist."
     p = Path(name)
-    if p.suffix != '.ipynb': p = Path(fedhello_nb.__file__).resolve().parent.parent/'nbs'/f'{name}.ipynb'
-    check(p.is_file(), 'notebook', str(p), 'expected an existing .ipynb file (the project notebooks live in nbs/ of '
-          'a source checkout; pass a path to use another)')
-    return p
+    if p.suffix == '.ipynb':
+        check(p.is_file(), 'notebook', str(p), 'expected an existing .ipynb file')
+        return p
+    dirs = [Path(d) for d in (dirs or notebook_dirs())]
+    found = next((d/f'{name}.ipynb' for d in dirs if (d/f'{name}.ipynb').is_file()), None)
+    check(found is not None, 'notebook', str(name),
+          'expected a project notebook in ' + ' or '.join(map(str, dirs)) + ', or a path to a .ipynb file')
+    return found
 
 # %% ../nbs/21_batch.ipynb #0348e10b
 def run_template(out_dir:str|Path,            # results folder of the run (what `run_experiment` writes)
@@ -150,6 +161,17 @@ def _error_text(e:BaseException) -> str:
     if name is None: name, value = type(e).__name__, str(e)
     return f'{name}: {value}'.strip()
 
+def clear_unresumable(results_dir:str|Path # a run's results folder
+                     ) -> bool:
+    """Remove a results folder that holds a started run without a checkpoint; True when it did.
+    The engine refuses to overwrite such results (they cannot be continued); a sweep owns its run folders, so a
+    run that failed or was killed before its first checkpoint (always, with `output.checkpoint_every=0`) starts over."""
+    from fedhello_nb.runio import list_checkpoints
+    d = Path(results_dir)
+    if not d.is_dir() or list_checkpoints(d) or not any(d.iterdir()): return False
+    shutil.rmtree(d)
+    return True
+
 def execute_run(run_dir:str|Path,       # the run's folder
                 params:dict,            # its dotted parameters
                 config_file:str|Path,   # the sweep's base configuration (YAML)
@@ -167,6 +189,7 @@ def execute_run(run_dir:str|Path,       # the run's folder
     atomic_write_text(run_dir/RUN_RECORD, json.dumps(record, indent=2, default=str))
     if threads: os.environ['OMP_NUM_THREADS'] = str(threads)
     t0 = time.perf_counter()
+    clear_unresumable(run_dir/RESULTS_DIR)
     try:
         if notebooks:
             run_template(run_dir/RESULTS_DIR, run_dir/EXECUTED, overrides, config_file, resume=True,

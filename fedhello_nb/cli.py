@@ -6,7 +6,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/cli.html.md"""
 
 # %% ../nbs/20_cli.ipynb #1ec55b17
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, os, sys
 from pathlib import Path
 from .validate import FedHelloError
 from .config import ExperimentConfig, make_config, load_config, apply_overrides, config_fields
@@ -16,7 +16,7 @@ __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'DEFAULT_RUN_DIR', 'COMMANDS'
            'cmd_sweep', 'cmd_report', 'cmd_config', 'main']
 
 # %% ../nbs/20_cli.ipynb #a611ae44
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2   # success; a run failed; bad input or usage (nothing ran)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2   # success; a run failed after it started; bad input or usage (no round ran)
 DEFAULT_RUN_DIR = 'runs/default'
 
 def _add_config_args(p:argparse.ArgumentParser):
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     "The `fedhello` argument parser with its four sub-commands."
     ap = argparse.ArgumentParser(prog='fedhello', description=
         'Federated LoRA fine-tuning on clients with unequal memory (Fed-HeLLo, HierFedLoRA).',
-        epilog='exit codes: 0 ok, 1 a run failed, 2 bad input or usage')
+        epilog='exit codes: 0 ok, 1 a run failed after it started, 2 bad input or usage (no round ran), 130 interrupted')
     sub = ap.add_subparsers(dest='command', metavar='COMMAND', required=True)
     r = sub.add_parser('run', help='run one experiment (no config: the main job on the offline default)',
                        description='Run one federated experiment and write tables, plots and the resolved config.')
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--timeout', type=float, metavar='S', help='seconds a notebook cell may run')
     s.add_argument('--quiet', action='store_true', help='no progress lines')
     rep = sub.add_parser('report', help='execute the comparison report on a sweep folder',
-                         description='Execute nbs/report.ipynb on a sweep folder (tables and plots go into it).')
+                         description='Execute the report notebook (nbs/report.ipynb, or its installed copy) on a sweep folder.')
     rep.add_argument('sweep_dir', metavar='SWEEP_DIR')
     rep.add_argument('--out', metavar='NOTEBOOK', help='executed report (default: SWEEP_DIR/report.ipynb)')
     c = sub.add_parser('config', help='print the resolved configuration as YAML, or the field table',
@@ -82,6 +82,13 @@ def _print_results(run_dir:Path, summary:dict, out=None):
         print(f"final accuracy: {final['accuracy']:.4f} (macro-F1 {final.get('macro_f1', float('nan')):.4f}) "
               f"after {int(final['round']) + 1} rounds", file=out)
 
+def _error(msg:str) -> None: print(f'fedhello: error: {msg}', file=sys.stderr)
+
+def _failure(e:BaseException) -> str:
+    "`run failed: <type>: <message>`; papermill errors carry the original type and message in `ename`/`evalue`."
+    name, value = getattr(e, 'ename', None) or type(e).__name__, getattr(e, 'evalue', None) or str(e)
+    return f'run failed: {name}: {value}'
+
 def cmd_run(args) -> int:
     "`fedhello run`: one experiment with `run_experiment`."
     cfg = resolve_config(args.config, args.param)
@@ -95,7 +102,12 @@ def cmd_run(args) -> int:
         _print_results(run_dir, summary)
         return EXIT_OK
     from fedhello_nb.engine import run_experiment
-    res = run_experiment(cfg)
+    started = []      # filled by `setup` once the federation is built: from then on an error is a failed run
+    try: run_experiment(cfg, setup=lambda fed: started.append(True))
+    except FedHelloError as e:
+        if not started: raise        # bad input, no round ran: exit 2 (in `main`)
+        _error(_failure(e))
+        return EXIT_FAILED
     _print_results(run_dir, json.loads((run_dir/'summary.json').read_text()))
     return EXIT_OK
 
@@ -130,12 +142,9 @@ def cmd_config(args) -> int:
 COMMANDS = {'run': cmd_run, 'sweep': cmd_sweep, 'report': cmd_report, 'config': cmd_config}
 
 # %% ../nbs/20_cli.ipynb #15d75228
-def _error(msg:str) -> None: print(f'fedhello: error: {msg}', file=sys.stderr)
-
 def main(argv:list[str]|None=None # the arguments (default: `sys.argv[1:]`)
         ) -> int:
     "Run the `fedhello` command line; returns the exit code (the console script exits with it)."
-    import os
     parser = build_parser()
     try: args = parser.parse_args(argv)
     except SystemExit as e: return int(e.code or 0)   # --help (0) or a usage error (2), already printed
@@ -149,6 +158,5 @@ def main(argv:list[str]|None=None # the arguments (default: `sys.argv[1:]`)
         return 130
     except Exception as e:
         if os.environ.get('FEDHELLO_TRACEBACK'): raise
-        name, value = getattr(e, 'ename', None) or type(e).__name__, getattr(e, 'evalue', None) or str(e)
-        _error(f'run failed: {name}: {value}')
+        _error(_failure(e))
         return EXIT_FAILED

@@ -80,3 +80,22 @@ def test_sweep_exit_code_on_failure(tmp_path):
     assert r.returncode == 1
     assert '1/2 runs ok' in r.stdout and 'failed: source-no-such-folder' in r.stderr
     assert (tmp_path/'out'/'runs.csv').is_file()
+
+
+def test_exit_codes_before_and_after_start(tmp_path, monkeypatch, capsys):
+    """2 only while nothing trained; once the federation is built any error is a failed run (1), FedHelloError too."""
+    import fedhello_nb.engine as engine
+    from fedhello_nb.cli import main
+    from fedhello_nb.validate import FedHelloError
+    # a data source that does not exist is found while the federation is built: bad input, exit 2
+    assert main(['run', *TINY, '-p', 'data.source', 'no/such/folder', '--out', str(tmp_path/'a'), '--quiet']) == 2
+    assert capsys.readouterr().err.startswith("fedhello: error: invalid data.source='no/such/folder'")
+    def late(cfg, setup=None, **kw):       # bad input the run only finds after it started
+        setup(None); raise FedHelloError('train.lr', 5.0, 'expected at most 1')
+    monkeypatch.setattr(engine, 'run_experiment', late)
+    assert main(['run', *TINY, '--out', str(tmp_path/'b'), '--quiet']) == 1
+    assert capsys.readouterr().err == 'fedhello: error: run failed: FedHelloError: invalid train.lr=5.0: expected at most 1\n'
+    def early(cfg, setup=None, **kw): raise FedHelloError('model.name', 'x', 'expected a known model')
+    monkeypatch.setattr(engine, 'run_experiment', early)
+    assert main(['run', *TINY, '--out', str(tmp_path/'c'), '--quiet']) == 2
+    assert capsys.readouterr().err == "fedhello: error: invalid model.name='x': expected a known model\n"
