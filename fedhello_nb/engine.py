@@ -30,9 +30,10 @@ _log = logging.getLogger('fedhello_nb.engine')   # the module's name, in the not
 
 # %% auto #0
 __all__ = ['FIM_STRATEGIES', 'METHOD_MODULES', 'PARAM_FIELDS', 'METRIC_COLUMNS', 'RESULT_FILES', 'derived_seed', 'select_clients',
-           'LocalTraining', 'TrainInstruction', 'rejection_reason', 'LayerwiseStrategy', 'train_client', 'evaluate',
-           'macro_f1', 'config_errors', 'resolve_device', 'Federation', 'build_strategy', 'RoundPlan', 'plan_round',
-           'client_row', 'finish_round', 'run_round', 'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
+           'LocalTraining', 'TrainInstruction', 'rejection_reason', 'log_rejection', 'LayerwiseStrategy',
+           'train_client', 'evaluate', 'macro_f1', 'config_errors', 'resolve_device', 'Federation', 'build_strategy',
+           'RoundPlan', 'plan_round', 'client_row', 'finish_round', 'run_round', 'RunResult', 'plot_metric',
+           'plot_trainers', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -112,6 +113,13 @@ def rejection_reason(u:ClientUpdate) -> str|None:
     if not math.isfinite(loss): return f'non-finite training loss ({loss})'
     if not u.is_finite(): return 'non-finite values in its update'
     return None
+
+def log_rejection(round:int,  # the round
+                  client:int, # the rejected client
+                  reason:str  # why (`rejection_reason`, or the strategy's own words)
+                 ):
+    "Warn `round R: client C rejected: <reason>` on the `fedhello_nb.engine` logger."
+    _log.warning('round %d: client %d rejected: %s', round, client, reason)
 
 class LayerwiseStrategy:
     "Fed-HeLLo's round: allocation -> per-client instructions; replies -> layer-wise average."
@@ -365,7 +373,7 @@ def finish_round(fed:Federation, plan:RoundPlan, state:dict[str, torch.Tensor],
     new_state, info = fed.strategy.aggregate_train(plan.round, state, updates)
     for u in updates:
         if u.client in info['rejected']:
-            _log.warning('round %d: client %d rejected: %s', plan.round, u.client, rejection_reason(u) or 'refused by the strategy')
+            log_rejection(plan.round, u.client, rejection_reason(u) or 'refused by the strategy')
     for r in client_rows:
         if r['client'] in info['rejected']: r['status'] = 'rejected'
     ok = [r for r in client_rows if r['status'] == 'ok']

@@ -21,7 +21,8 @@ from .aggregate import ClientUpdate, client_weight, layerwise_average
 from .data import make_loader
 from .grouping import Grouping, group_clients, random_groups
 from .rucb import Arm, make_arms, RoundTimeModel, GroupBandits, plot_arms
-from .engine import LocalTraining, TrainInstruction, train_client, select_clients, derived_seed
+from .engine import (LocalTraining, TrainInstruction, train_client, select_clients, derived_seed,
+                                rejection_reason, log_rejection)
 from .runio import write_table, atomic_write_text
 
 # %% auto #0
@@ -245,7 +246,8 @@ def _train_group(self:HierFedLoRA, fed, round:int, state:dict, g:int, members:li
             u = train_client(fed.fm, gstate, ins, fed.train_set, self.train_rows[k], fed.device)
             a = acc[k]
             a['steps'] += u.metrics['steps']; a['losses'].append(u.metrics['loss']); a['seconds'] += u.metrics['seconds']
-            if not (u.is_finite() and math.isfinite(u.metrics['loss'])): a['status'] = 'rejected'; continue
+            reason = rejection_reason(u)
+            if reason is not None: a['status'] = 'rejected'; log_rejection(round, k, reason); continue
             t = self.clock.client_seconds(k, depth[k], depth[k], u.metrics['steps'])
             a['sim'] += t; times.append(t); updates.append(u)
             trained[k], weight[k] = set(u.delta), client_weight(u, self.weights)

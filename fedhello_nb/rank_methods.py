@@ -17,7 +17,8 @@ from .model import FedLoraModel
 from .aggregate import ClientUpdate
 from .rank_baselines import (RANK_METHODS, RankMethod, FLoRA, HetLoRA, class_ranks, client_scale,
                                         lora_pairs, lora_rank, pad_rank, rank_limit)
-from .engine import (LocalTraining, TrainInstruction, derived_seed, select_clients, train_client)
+from .engine import (LocalTraining, TrainInstruction, derived_seed, log_rejection, rejection_reason,
+                                select_clients, train_client)
 
 # %% auto #0
 __all__ = ['lora_modules', 'adapter_scale', 'cut_to_rank', 'train_at_rank', 'config_ranks', 'encode_tensors', 'decode_tensors',
@@ -166,7 +167,11 @@ class RankStrategy:
             if status == 'ok': updates.append(u)
             rows.append({**row, 'status': status, 'steps': u.metrics['steps'], 'loss': u.metrics['loss'],
                          'seconds': u.metrics['seconds']})
-        good = [u for u in updates if u.is_finite() and math.isfinite(u.metrics.get('loss', 0.0))]
+        good = []
+        for u in updates:
+            reason = rejection_reason(u)
+            if reason is None: good.append(u)
+            else: log_rejection(round, u.client, reason)
         rejected = {u.client for u in updates} - {u.client for u in good}
         for r in rows:
             if r['client'] in rejected: r['status'] = 'rejected'
