@@ -79,6 +79,8 @@ class PartitionConfig(_Section):
     classes_per_client: int = Field(2, ge=1, description="M for 'pathological': classes held by each client.")
     beta: float = Field(1.0, gt=0, description="Dirichlet concentration splitting a class among its holders in 'pathological'.")
     min_size: int = Field(1, ge=0, description="Smallest number of samples a client may hold.")
+    quantity: Literal['dirichlet', 'power'] = Field('dirichlet', description="Client sizes of 'quantity': Dirichlet(alpha) shares, or a power law (rank^-exponent over shuffled clients).")
+    exponent: float = Field(1.0, gt=0, description="Power-law exponent of quantity='power'; larger is more skewed.")
     seed: int = Field(0, description="Seed of the split.")
 
 class ClientsConfig(_Section):

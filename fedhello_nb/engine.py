@@ -245,7 +245,8 @@ PARAM_FIELDS = {
     'proxy': {'n_proxy': 'data.proxy_size'},
     'partition': {'num_clients': 'clients.num_clients', 'scheme': 'partition.scheme', 'alpha': 'partition.alpha',
                   'classes_per_client': 'partition.classes_per_client', 'beta': 'partition.beta',
-                  'min_size': 'partition.min_size'},
+                  'min_size': 'partition.min_size',
+                  'quantity': 'partition.quantity', 'exponent': 'partition.exponent'},
     'plan': {'capacities': 'clients.capacities', 'fractions': 'clients.fractions', 'num_clients': 'clients.num_clients',
              'membership': 'clients.membership'},
 }
@@ -312,7 +313,7 @@ class Federation:
         with config_errors('partition'):
             part = partition(labels[client_rows], c.num_clients, scheme=p.scheme, seed=p.seed, alpha=p.alpha,
                              classes_per_client=p.classes_per_client, beta=p.beta, min_size=p.min_size,
-                             label_names=task.label_names)
+                             quantity=p.quantity, exponent=p.exponent, label_names=task.label_names)
         with config_errors('plan'):
             plan = CapacityPlan(c.capacities, c.fractions, c.num_clients, c.membership, seed=tr.seed, num_layers=fm.num_blocks)
         fed = cls(cfg, fm, task, make(task.train), make(task.test), proxy_set, part, client_rows, plan, None, device)
