@@ -15,12 +15,14 @@ from typing import Sequence
 from .validate import FedHelloError, check, check_int, check_number
 from .config import ExperimentConfig, make_config, load_config, parse_override, config_from_json, STRATEGIES
 # torch, pandas and the engine are imported where they are used: Flower starts a fresh ClientApp process for
-# every message, and the node's `query` answer needs none of them (2 s instead of 10 s per process)
+# every message, and the node's `query` answer needs none of them (2 s instead of 10 s per process) unless the node
+# declares a memory budget
 
 # %% auto #0
-__all__ = ['SERVER_KEYS', 'APP_PYPROJECT', 'state_to_arrays', 'arrays_to_state', 'NodeSpec', 'node_spec', 'plan_with_capacities',
-           'ServerOptions', 'experiment_from_run_config', 'node_federation', 'node_query', 'node_train', 'NodeMap',
-           'discover_nodes', 'flower_round', 'run_flower', 'make_apps', 'write_app', 'free_port', 'LocalDeployment']
+__all__ = ['SERVER_KEYS', 'APP_PYPROJECT', 'state_to_arrays', 'arrays_to_state', 'NodeSpec', 'node_spec', 'budget_capacity',
+           'plan_with_capacities', 'ServerOptions', 'experiment_from_run_config', 'node_federation', 'node_info',
+           'node_query', 'node_train', 'NodeMap', 'discover_nodes', 'flower_round', 'run_flower', 'make_apps',
+           'write_app', 'free_port', 'LocalDeployment']
 
 # %% ../nbs/30_flower.ipynb #22dbc904
 _log = logging.getLogger('fedhello_nb.flower')
@@ -64,14 +66,15 @@ def arrays_to_state(record,                                # an `ArrayRecord`
 @dataclass
 class NodeSpec:
     "What a SuperNode's node configuration says about it."
-    partition_id: int          # the client id k this node plays
-    capacity: int|None = None  # blocks it can train per round; None: the capacity plan's value for k
+    partition_id: int               # the client id k this node plays
+    capacity: int|None = None       # blocks it can train per round; None: from `memory_budget`, else the plan's value for k
+    memory_budget: int|None = None  # bytes the device can spend on training (`budget_capacity` sizes the capacity)
 
 def node_spec(node_config:dict, # `context.node_config` of the SuperNode
               num_clients:int,  # K of the experiment
               num_blocks:int    # L of the model
              ) -> NodeSpec:
-    "Validate a node configuration: `partition-id` in 0..K-1, optional `capacity` in 1..L, optional `num-partitions` == K."
+    "Validate a node configuration: `partition-id` in 0..K-1, optional `capacity` in 1..L or `memory-budget`, optional `num-partitions` == K."
     nc = dict(node_config or {})
     check('partition-id' in nc, 'node_config.partition-id', None,
           f'expected the SuperNode to be started with --node-config "partition-id=<0..{num_clients - 1}>"')
@@ -79,10 +82,30 @@ def node_spec(node_config:dict, # `context.node_config` of the SuperNode
     if 'num-partitions' in nc:
         n = nc['num-partitions']
         check(n == num_clients, 'node_config.num-partitions', n, f'expected the experiment\'s number of clients ({num_clients})')
-    cap = nc.get('capacity')
+    cap, budget = nc.get('capacity'), nc.get('memory-budget')
+    check(cap is None or budget is None, 'node_config.memory-budget', budget,
+          'expected either capacity or memory-budget in the node configuration, not both')
     if cap is not None:
         cap = check_int('node_config.capacity', cap, ge=1, le=num_blocks)
-    return NodeSpec(pid, cap)
+    if budget is not None:
+        from fedhello_nb.memory import parse_bytes   # imports torch: only nodes that declare a budget pay for it
+        budget = parse_bytes(budget, 'node_config.memory-budget')
+    return NodeSpec(pid, cap, budget)
+
+# %% ../nbs/30_flower.ipynb #b7f30a02
+def budget_capacity(fm,                       # the experiment's `FedLoraModel` (as the node built it)
+                    config:ExperimentConfig,  # the experiment: GD pattern, batch size, sequence length, head
+                    budget,                   # the device's memory: bytes or a string like '4GB'
+                    param:str='node_config.memory-budget' # name in the error message
+                   ) -> int:
+    "The largest capacity whose GD blocks fit in `budget` (`capacity_for_budget` at the run's batch), else `FedHelloError`."
+    from fedhello_nb.memory import MemoryEstimator, capacity_for_budget
+    est = MemoryEstimator.calibrate(fm)
+    a, tr = config.allocation, config.train
+    head = tr.head != 'frozen' and a.compat != 'release'    # what `build_strategy` trains
+    size = {'seq_len': config.model.max_length} if est.kind == 'text' else {}
+    try: return capacity_for_budget(est, budget, a.pattern, tr.batch_size, head=head, custom_order=a.custom_order, **size)
+    except FedHelloError as e: raise FedHelloError(param, budget, e.allowed) from None
 
 # %% ../nbs/30_flower.ipynb #3418192a
 def plan_with_capacities(plan,                     # the configuration's plan
@@ -148,14 +171,25 @@ def _refuse(msg, where:str, err:Exception):
     print(f'fedhello node refused the {where} message: {err}', file=sys.stderr, flush=True)
     return Message(Error(code=1, reason=str(err)), reply_to=msg)
 
+def node_info(node_config:dict, # `context.node_config` of the SuperNode
+              query:dict        # the server's `query` record: `num-clients`, `num-blocks`, `experiment` (JSON)
+             ) -> dict:
+    "The node's answer: `partition-id`, `capacity` (0: the plan's; sized from a `memory-budget`) and `memory-budget` (bytes, 0: none)."
+    spec = node_spec(node_config, int(query['num-clients']), int(query['num-blocks']))
+    cap = spec.capacity or 0
+    if spec.memory_budget:
+        check('experiment' in query, 'query.experiment', None,
+              'expected the server to send the experiment (the same fedhello_nb version on the server and the nodes)')
+        fed = node_federation(str(query['experiment']))
+        cap = budget_capacity(fed.fm, fed.config, spec.memory_budget)
+    return {'partition-id': spec.partition_id, 'capacity': cap, 'memory-budget': float(spec.memory_budget or 0)}
+
 def node_query(msg, context):
-    "ClientApp `query`: validate the node configuration, reply with `partition-id` and `capacity` (0: from the plan)."
+    "ClientApp `query`: reply with `node_info`, or refuse a bad node configuration."
     from flwr.app import ConfigRecord, Message, RecordDict
-    q = msg.content['fedhello']
-    try: spec = node_spec(context.node_config, int(q['num-clients']), int(q['num-blocks']))
+    try: info = node_info(context.node_config, dict(msg.content['fedhello']))
     except FedHelloError as e: return _refuse(msg, 'query', e)
-    return Message(RecordDict({'node': ConfigRecord({'partition-id': spec.partition_id, 'capacity': spec.capacity or 0})}),
-                   reply_to=msg)
+    return Message(RecordDict({'node': ConfigRecord(info)}), reply_to=msg)
 
 def node_train(msg, context):
     "ClientApp `train`: run `train_client` on exactly the allocated blocks; reply with the deltas and the sample count."
@@ -182,15 +216,17 @@ class NodeMap:
     "Which SuperNode plays which client."
     nodes: dict[int, int] = field(default_factory=dict)      # client id -> Flower node id
     capacities: dict[int, int] = field(default_factory=dict) # client id -> capacity declared by its node
+    budgets: dict[int, int] = field(default_factory=dict)    # client id -> memory budget its node declared (bytes)
     refused: dict[int, str] = field(default_factory=dict)    # node id -> why it was refused
 
     def table(self, plan=None):
-        "One row per known node: `node_id`, `client`, `capacity` (declared, else the plan's), `status`, `reason`."
+        "One row per known node: `node_id`, `client`, `capacity` (declared, else the plan's), `memory_budget`, `status`, `reason`."
         import pandas as pd
         rows = [{'node_id': n, 'client': k, 'capacity': self.capacities.get(k, plan.capacity_of(k) if plan else None),
-                 'status': 'ok', 'reason': ''} for k, n in sorted(self.nodes.items())]
-        rows += [{'node_id': n, 'client': -1, 'capacity': None, 'status': 'refused', 'reason': r} for n, r in self.refused.items()]
-        return pd.DataFrame(rows, columns=['node_id', 'client', 'capacity', 'status', 'reason'])
+                 'memory_budget': self.budgets.get(k), 'status': 'ok', 'reason': ''} for k, n in sorted(self.nodes.items())]
+        rows += [{'node_id': n, 'client': -1, 'capacity': None, 'memory_budget': None, 'status': 'refused', 'reason': r}
+                 for n, r in self.refused.items()]
+        return pd.DataFrame(rows, columns=['node_id', 'client', 'capacity', 'memory_budget', 'status', 'reason'])
 
 def _record(**kw):
     from flwr.app import ConfigRecord, RecordDict
@@ -201,14 +237,15 @@ def discover_nodes(grid,                # the ServerApp's `Grid`
                    num_blocks:int,      # L
                    min_nodes:int=0,     # nodes to wait for (0: K)
                    wait:float=120.0,    # seconds to wait for them
-                   timeout:float=60.0   # seconds to wait for the query replies
+                   timeout:float=60.0,  # seconds to wait for the query replies
+                   experiment:str=''    # the resolved experiment as JSON: nodes with a memory-budget size their capacity with it
                   ) -> NodeMap:
     "Wait for the SuperNodes, ask each which client it is; refuse bad configurations and duplicate partition ids."
     from flwr.app import Message
     want, t0 = min_nodes or num_clients, time.monotonic()
     while len(list(grid.get_node_ids())) < want and time.monotonic() - t0 < wait: time.sleep(0.5)
     node_ids = sorted(grid.get_node_ids())
-    q = {'num-clients': int(num_clients), 'num-blocks': int(num_blocks)}
+    q = {'num-clients': int(num_clients), 'num-blocks': int(num_blocks)} | ({'experiment': experiment} if experiment else {})
     msgs = [Message(_record(fedhello=q), dst_node_id=n, message_type='query', group_id='discover') for n in node_ids]
     out = NodeMap()
     replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(msgs, timeout=timeout)}
@@ -221,6 +258,7 @@ def discover_nodes(grid,                # the ServerApp's `Grid`
         if k in out.nodes: out.refused[n] = f'partition-id={k} is already played by node {out.nodes[k]}'; continue
         out.nodes[k] = n
         if cap: out.capacities[k] = cap
+        if info.get('memory-budget'): out.budgets[k] = int(info['memory-budget'])
     for n, why in out.refused.items(): _log.warning('SuperNode %s refused: %s', n, why)
     return out
 
@@ -281,7 +319,7 @@ def run_flower(grid,                              # the ServerApp's `Grid`
     def setup(fed):
         "Map nodes to clients, give the plan the capacities the nodes declared, and write nodes.csv."
         nodes = discover_nodes(grid, cfg.clients.num_clients, fed.num_blocks, opts.min_nodes, opts.node_wait,
-                               timeout=opts.reply_timeout)
+                               timeout=opts.reply_timeout, experiment=fed.config.to_json(indent=None))
         fed.plan = plan_with_capacities(fed.plan, nodes.capacities, fed.num_blocks)
         fed.strategy = build_strategy(fed)
         write_table(nodes.table(fed.plan), Path(cfg.output.dir)/'nodes', cfg.output.format)
