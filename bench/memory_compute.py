@@ -40,14 +40,15 @@ def parse_args(argv=None):
     ap.add_argument('--vit-target-batch', type=int, default=32,
                     help='ViT batch the figures are reported at (from the linear fit when not measured)')
     ap.add_argument('--rank', type=int, default=16, help='LoRA rank of Fed-HeLLo layers (and of full LoRA)')
-    ap.add_argument('--repeats', type=int, default=3, help='timed steps per allocation (median reported)')
+    ap.add_argument('--repeats', type=int, default=3, help='timed steps per allocation (median reported; 0: no timing)')
     ap.add_argument('--patterns', default='triangle,inverted_triangle,bottleneck,uniform')
     ap.add_argument('--skip-vit', action='store_true', help='only the text model')
     ap.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     ap.add_argument('--threads', type=int, default=None, help='torch CPU threads (1 is fastest on shared cores)')
     args = ap.parse_args(argv)
     for name in ('batch', 'seq_len', 'vit_target_batch', 'rank', 'repeats'):
-        if getattr(args, name) < (0 if name == 'repeats' else 1): ap.error(f'--{name.replace("_", "-")} must be >= 1')
+        low = 0 if name == 'repeats' else 1        # --repeats 0 measures memory without timing
+        if getattr(args, name) < low: ap.error(f'--{name.replace("_", "-")} must be >= {low}')
     if args.vit_batch is not None and args.vit_batch < 1: ap.error('--vit-batch must be >= 1')
     return args
 

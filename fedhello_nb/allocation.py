@@ -758,15 +758,25 @@ _STRATEGY_CLASSES = {'fedhello': FedHelloStrategy, 'gd': GDStrategy, 'rgd': RGDS
                      'fedra': FedRAStrategy, 'full': FullStrategy, 'exclusive': ExclusiveStrategy,
                      'straggler': StragglerStrategy, 'depth': DepthStrategy}
 
+def _check_shared(options:dict, # the options given to `make_strategy`
+                  num_layers:int # L
+                 ):
+    "Check `pattern`, `temperature`, `capacities` and `fractions` when given, whether or not the strategy uses them."
+    if options.get('pattern') is not None: check_choice('pattern', options['pattern'], PATTERNS)
+    if options.get('temperature') is not None: check_number('temperature', options['temperature'], gt=0)
+    if options.get('capacities') is not None or options.get('fractions') is not None:
+        _classes(options.get('capacities'), options.get('fractions'), num_layers)   # None capacities: scale_capacities(L)
+
 def make_strategy(name:str,       # one of `STRATEGIES`
                   num_layers:int, # L
-                  **options       # any of `STRATEGY_OPTIONS`; those a strategy does not use are ignored
+                  **options       # any of `STRATEGY_OPTIONS`; those a strategy does not use are checked, then ignored
                  ) -> AllocationStrategy:
     "The allocation strategy `name`, configured from a flat set of options."
     import inspect
     check_choice('strategy', name, STRATEGIES)
     for k, v in options.items(): check(k in STRATEGY_OPTIONS, k, v, 'unknown option; expected one of ' + ', '.join(STRATEGY_OPTIONS))
     check_choice('compat', options.get('compat', 'paper'), COMPAT_MODES)
+    _check_shared(options, num_layers)
     cls = _STRATEGY_CLASSES[name]
     params = set(inspect.signature(cls.__init__).parameters)
     if name == 'fim': params |= set(inspect.signature(FedHelloStrategy.__init__).parameters) - {'t_rgd'}

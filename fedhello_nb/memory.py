@@ -726,19 +726,22 @@ def plot_depth(est:MemoryEstimator, # a calibrated estimator
 _UNITS = {'b': 1, 'kb': 10**3, 'mb': 10**6, 'gb': 10**9, 'tb': 10**12,
           'kib': 2**10, 'mib': 2**20, 'gib': 2**30, 'tib': 2**40}
 
-def parse_bytes(value,                # bytes (a positive number) or a string like '4GB', '512 MiB', '1.5GiB'
+def parse_bytes(value,                # bytes (a number >= 1) or a string like '4GB', '512 MiB', '1.5GiB'
                 param:str='budget'    # name used in error messages
                ) -> int:
-    "A memory size in bytes, else `FedHelloError` naming `param`."
-    want = "expected a positive size: bytes, or a number with a unit B, KB, MB, GB, TB, KiB, MiB, GiB, TiB (e.g. '4GB')"
+    "A memory size in whole bytes (rounded down), else `FedHelloError` naming `param`."
+    want = ("expected a finite size of at least one byte: a number of bytes, or a number with a unit "
+            "B, KB, MB, GB, TB, KiB, MiB, GiB, TiB (e.g. '4GB')")
     if isinstance(value, str):
         m = re.fullmatch(r'\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*', value)
         check(m is not None and m.group(2).lower() in (*_UNITS, ''), param, value, want)
-        n = float(m.group(1)) * _UNITS.get(m.group(2).lower() or 'b')
+        n = float(m.group(1)) * _UNITS.get(m.group(2).lower() or 'b')   # '1e400' overflows to inf
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        n = int(value)                                                   # exact, however large
     else:
-        ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-        check(ok and math.isfinite(value), param, value, want)
+        check(isinstance(value, (float, np.floating)), param, value, want)
         n = float(value)
+    check(isinstance(n, int) or math.isfinite(n), param, value, want)
     check(n >= 1, param, value, want)
     return int(n)
 

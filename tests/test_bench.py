@@ -16,3 +16,13 @@ def test_round_speed_tiny(capsys):
     assert 'naive/engine' in printed and 'per-step time against full LoRA' in printed
     assert out['naive_over_engine'] > 0 and out['full_step'] > 0
     assert 'bottleneck' in printed and 'inverted_triangle' in printed
+
+def test_memory_compute_args(capsys):
+    "memory_compute's argument checks (its --tiny run is tests/test_memory.py::test_bench_tiny)."
+    import pytest
+    parse = load('memory_compute').parse_args
+    assert parse(['--repeats', '0']).repeats == 0             # memory without timing
+    for argv, msg in ((['--batch', '0'], '--batch must be >= 1'), (['--repeats', '-1'], '--repeats must be >= 0'),
+                      (['--vit-batch', '0'], '--vit-batch must be >= 1')):
+        with pytest.raises(SystemExit) as e: parse(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err, argv
