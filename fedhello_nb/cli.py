@@ -79,8 +79,9 @@ def _print_results(run_dir:Path, summary:dict, out=None):
     files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith('.'))
     print(f'results: {run_dir}/ ({", ".join(files)})', file=out)
     if 'accuracy' in final:
-        print(f"final accuracy: {final['accuracy']:.4f} (macro-F1 {final.get('macro_f1', float('nan')):.4f}) "
-              f"after {int(final['round']) + 1} rounds", file=out)
+        f1 = final.get('macro_f1')   # None (null) for two classes, where macro-F1 is not reported
+        f1_text = f' (macro-F1 {f1:.4f})' if f1 is not None else ''
+        print(f"final accuracy: {final['accuracy']:.4f}{f1_text} after {int(final['round']) + 1} rounds", file=out)
 
 def _error(msg:str) -> None: print(f'fedhello: error: {msg}', file=sys.stderr)
 

@@ -32,8 +32,8 @@ _log = logging.getLogger('fedhello_nb.engine')   # the module's name, in the not
 __all__ = ['FIM_STRATEGIES', 'METHOD_MODULES', 'PARAM_FIELDS', 'METRIC_COLUMNS', 'RESULT_FILES', 'derived_seed', 'select_clients',
            'LocalTraining', 'TrainInstruction', 'rejection_reason', 'log_rejection', 'LayerwiseStrategy',
            'train_client', 'evaluate', 'macro_f1', 'config_errors', 'resolve_device', 'Federation', 'build_strategy',
-           'RoundPlan', 'plan_round', 'client_row', 'finish_round', 'run_round', 'RunResult', 'plot_metric',
-           'plot_trainers', 'run_experiment']
+           'RoundPlan', 'plan_round', 'client_row', 'finish_round', 'run_round', 'strict_json', 'RunResult',
+           'plot_metric', 'plot_trainers', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -406,6 +406,14 @@ def run_round(fed:Federation, round:int, state:dict[str, torch.Tensor]) -> tuple
 # %% ../nbs/13_engine.ipynb #36a98c1d
 METRIC_COLUMNS = ('accuracy', 'macro_f1', 'eval_loss')
 
+def strict_json(x):
+    "`x` with NaN and infinities as None (JSON null), so that summary.json parses in every reader, not only Python's."
+    if isinstance(x, dict): return {k: strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [strict_json(v) for v in x]
+    if isinstance(x, np.integer): return int(x)
+    if isinstance(x, (float, np.floating)): return float(x) if math.isfinite(x) else None
+    return x
+
 @dataclass
 class RunResult:
     "What a run leaves: its tables, final global state, and the folder they were written to."
@@ -486,7 +494,7 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
     summary = {'name': cfg.name, 'rounds': cfg.train.rounds, 'final': res.final,
                'best_accuracy': float(ev['accuracy'].max()) if len(ev) else None,
                'seconds_this_call': seconds, 'resumed_from': res.resumed_from, **extra}
-    atomic_write_text(run_dir/'summary.json', json.dumps(summary, indent=2, default=float))
+    atomic_write_text(run_dir/'summary.json', json.dumps(strict_json(summary), indent=2, default=float))
     return res
 
 # what a run writes that resuming without a checkpoint would overwrite
