@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from .validate import FedHelloError, check, check_int, check_number, check_choice, check_fractions
+from .runio import stream_rng
 from .config import PATTERNS, STRATEGIES, HOLD_MODES, FIM_MAPPINGS
 
 # %% auto #0
@@ -546,7 +547,7 @@ class AllocationStrategy:
         "Set `rows[i]` for each client; return extra `info` for the map."
         raise NotImplementedError
 
-    def _rng(self, round, stream=0): return np.random.default_rng([self.seed, round, stream])
+    def _rng(self, round, stream=0): return stream_rng(self.seed, 'allocation', round, stream)
 
     def state_dict(self) -> dict:
         "What the strategy holds, as plain JSON-able data."

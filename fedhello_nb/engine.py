@@ -24,16 +24,17 @@ from .allocation import AllocationMap, AllocationStrategy, CapacityPlan, strateg
 from .aggregate import ClientUpdate, layerwise_average
 from .fim import proxy_indices, scorer_from_config
 from .runio import (check_run_dir, prepare_run_dir, discard_on_failure, save_checkpoint, load_checkpoint,
-                               list_checkpoints, write_table, atomic_write, atomic_write_text, rng_state, set_rng_state)
+                               list_checkpoints, write_table, atomic_write, atomic_write_text, rng_state, set_rng_state,
+                               stream_rng, stream_seed)
 
 _log = logging.getLogger('fedhello_nb.engine')   # the module's name, in the notebook too
 
 # %% auto #0
 __all__ = ['FIM_STRATEGIES', 'METHOD_MODULES', 'PARAM_FIELDS', 'METRIC_COLUMNS', 'RESULT_FILES', 'derived_seed', 'select_clients',
-           'LocalTraining', 'TrainInstruction', 'rejection_reason', 'log_rejection', 'LayerwiseStrategy',
-           'train_client', 'evaluate', 'macro_f1', 'config_errors', 'resolve_device', 'Federation', 'build_strategy',
-           'RoundPlan', 'plan_round', 'client_row', 'finish_round', 'run_round', 'strict_json', 'RunResult',
-           'plot_metric', 'plot_trainers', 'run_experiment']
+           'draw_failures', 'LocalTraining', 'TrainInstruction', 'rejection_reason', 'log_rejection',
+           'LayerwiseStrategy', 'train_client', 'evaluate', 'macro_f1', 'config_errors', 'resolve_device', 'Federation',
+           'build_strategy', 'RoundPlan', 'plan_round', 'client_row', 'finish_round', 'run_round', 'strict_json',
+           'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -45,10 +46,18 @@ def select_clients(num_clients:int, # K
                    seed:int,        # the run's seed
                    round:int        # t
                   ) -> list[int]:
-    "The m clients of round t: uniform without replacement, sorted, a function of (seed, t) only."
+    "The m clients of round t: uniform without replacement, sorted, from the 'selection' stream of (seed, t) only."
     K = check_int('num_clients', num_clients, ge=1)
     m = check_int('per_round', per_round, ge=1, le=K)
-    return sorted(np.random.default_rng([seed, round, 0]).choice(K, m, replace=False).tolist())
+    return sorted(stream_rng(seed, 'selection', round).choice(K, m, replace=False).tolist())
+
+def draw_failures(seed:int,     # the run's seed
+                  round:int,    # t
+                  num:int,      # selected clients
+                  rate:float    # `clients.failure_rate`
+                 ) -> np.ndarray:
+    "Which of the round's selected clients fail before replying: the 'failures' stream, the same for every method."
+    return stream_rng(seed, 'failures', round).random(num) < rate
 
 # %% ../nbs/13_engine.ipynb #d24f28ef
 @dataclass
@@ -177,8 +186,9 @@ def train_client(fm:FedLoraModel,                     # the shared model (its st
     params = fm.trainable_parameters()
     local = instruction.local
     opt = torch.optim.AdamW(params.values(), lr=local.lr, weight_decay=local.weight_decay)
-    loader = make_loader(dataset, indices, local.batch_size, shuffle=True, seed=instruction.seed)
-    torch.manual_seed(instruction.seed)        # dropout masks of this client this round
+    # batches and dropout masks: two streams of this client's round seed
+    loader = make_loader(dataset, indices, local.batch_size, shuffle=True, seed=stream_seed(instruction.seed, 'batches'))
+    torch.manual_seed(stream_seed(instruction.seed, 'dropout'))
     model = fm.model
     model.train()
     steps, losses, it = local.steps_for(n), [], iter(loader)
@@ -305,10 +315,9 @@ class Federation:
                                           processor=fm.processor if task.kind == 'image' else None,
                                           max_length=cfg.model.max_length)
         labels = np.asarray(task.train.labels)
-        if a.strategy in FIM_STRATEGIES:
-            with config_errors('proxy'): client_rows, proxy_rows = proxy_indices(labels, d.proxy_size, seed=tr.seed)
-            proxy_set = make(task.train.subset(proxy_rows))
-        else: client_rows, proxy_set = np.arange(len(labels)), None
+        # the proxy rows leave the pool for every method, so that every strategy partitions the same rows
+        with config_errors('proxy'): client_rows, proxy_rows = proxy_indices(labels, d.proxy_size, seed=tr.seed)
+        proxy_set = make(task.train.subset(proxy_rows)) if a.strategy in FIM_STRATEGIES else None
         p, c = cfg.partition, cfg.clients
         with config_errors('partition'):
             part = partition(labels[client_rows], c.num_clients, scheme=p.scheme, seed=p.seed, alpha=p.alpha,
@@ -355,7 +364,7 @@ def plan_round(fed:Federation, round:int, state:dict[str, torch.Tensor]) -> Roun
     clients = select_clients(c.num_clients, c.per_round, tr.seed, round)
     fed.fm.load_state(state)
     amap, instructions = fed.strategy.configure_train(round, clients, context=fed.fm)
-    failed = np.random.default_rng([tr.seed, round, 2]).random(len(clients)) < c.failure_rate
+    failed = draw_failures(tr.seed, round, len(clients), c.failure_rate)
     return RoundPlan(round, clients, amap, instructions, failed, t0)
 
 def client_row(fed:Federation, ins:TrainInstruction, status:str, # 'ok', 'failed', 'idle' (or 'rejected' later)

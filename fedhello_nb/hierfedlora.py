@@ -21,9 +21,9 @@ from .aggregate import ClientUpdate, client_weight, layerwise_average
 from .data import make_loader
 from .grouping import Grouping, group_clients, random_groups
 from .rucb import Arm, make_arms, RoundTimeModel, GroupBandits, plot_arms
-from .engine import (LocalTraining, TrainInstruction, train_client, select_clients, derived_seed,
+from .engine import (LocalTraining, TrainInstruction, train_client, select_clients, draw_failures, derived_seed,
                                 rejection_reason, log_rejection)
-from .runio import write_table, atomic_write_text
+from .runio import write_table, atomic_write_text, stream_rng
 
 # %% auto #0
 __all__ = ['TIME_SOURCES', 'GROUP_COLUMNS', 'client_speeds', 'linear_step_seconds', 'flops_step_seconds', 'SimulatedClock',
@@ -139,7 +139,7 @@ def held_out_rows(client_rows:Sequence[np.ndarray], # each client's rows of the 
     for k, rows in enumerate(client_rows):
         rows = np.asarray(rows)
         n = min(per_client, len(rows) // 5)
-        pick = np.sort(np.random.default_rng([seed, k, 11]).choice(len(rows), n, replace=False)) if n else np.array([], int)
+        pick = np.sort(stream_rng(seed, 'holdout', k).choice(len(rows), n, replace=False)) if n else np.array([], int)
         mask = np.zeros(len(rows), bool); mask[pick] = True
         train.append(rows[~mask]); val.append(rows[mask])
     return train, val
@@ -273,7 +273,7 @@ def _run_round(self:HierFedLoRA, fed, round:int, state:dict) -> tuple[dict, dict
     c, tr = cfg.clients, cfg.train
     L = fed.num_blocks
     selected = select_clients(c.num_clients, c.per_round, tr.seed, round)
-    fails = np.random.default_rng([tr.seed, round, 2]).random(len(selected)) < c.failure_rate
+    fails = draw_failures(tr.seed, round, len(selected), c.failure_rate)
     failed = {k for k, f in zip(selected, fails) if f}
     by_group = defaultdict(list)
     for k in selected: by_group[self.group_of[k]].append(k)

@@ -17,7 +17,7 @@ from .model import FedLoraModel
 from .aggregate import ClientUpdate
 from .rank_baselines import (RANK_METHODS, RankMethod, FLoRA, HetLoRA, class_ranks, client_scale,
                                         lora_pairs, lora_rank, pad_rank, rank_limit)
-from .engine import (LocalTraining, TrainInstruction, derived_seed, log_rejection, rejection_reason,
+from .engine import (LocalTraining, TrainInstruction, derived_seed, draw_failures, log_rejection, rejection_reason,
                                 select_clients, train_client)
 
 # %% auto #0
@@ -151,7 +151,7 @@ class RankStrategy:
         cfg, t0 = fed.config, time.perf_counter()
         c = cfg.clients
         clients = select_clients(c.num_clients, c.per_round, self.seed, round)
-        fails = np.random.default_rng([self.seed, round, 2]).random(len(clients)) < c.failure_rate
+        fails = draw_failures(self.seed, round, len(clients), c.failure_rate)
         L = fed.num_blocks
         updates, rows = [], []
         for client, failed in zip(clients, fails):

@@ -15,9 +15,9 @@ from safetensors.torch import save_file, load_file
 from .validate import FedHelloError, check_choice
 
 # %% auto #0
-__all__ = ['TABLE_FORMATS', 'RUN_MARKER', 'atomic_write', 'atomic_write_text', 'write_table', 'read_table', 'rng_state',
-           'set_rng_state', 'save_checkpoint', 'list_checkpoints', 'load_checkpoint', 'check_run_dir',
-           'prepare_run_dir', 'discard_on_failure']
+__all__ = ['TABLE_FORMATS', 'STREAMS', 'RUN_MARKER', 'atomic_write', 'atomic_write_text', 'write_table', 'read_table',
+           'rng_state', 'set_rng_state', 'stream_rng', 'stream_seed', 'save_checkpoint', 'list_checkpoints',
+           'load_checkpoint', 'check_run_dir', 'prepare_run_dir', 'discard_on_failure']
 
 # %% ../nbs/08_runio.ipynb #2d1e33c6
 def atomic_write(path:str|Path, # destination file
@@ -97,6 +97,21 @@ def _tuples(x):
 def _np_state(x):
     name, keys, pos, has_gauss, cached = x
     return (name, np.array(keys['__ndarray__'], dtype=keys['dtype']), pos, has_gauss, cached)
+
+# %% ../nbs/08_runio.ipynb #13897351
+STREAMS = {'selection': 1, 'failures': 2, 'allocation': 3, 'batches': 4, 'dropout': 5, 'holdout': 6}
+
+def stream_rng(seed:int,    # the run's (or the allocation's) seed
+               purpose:str, # a key of `STREAMS`
+               *keys:int    # round, client, ... the draw belongs to
+              ) -> np.random.Generator:
+    "The generator of one purpose's draws at `keys`: distinct purposes never share a stream."
+    check_choice('purpose', purpose, tuple(STREAMS))
+    return np.random.default_rng([int(seed), STREAMS[purpose], *map(int, keys)])
+
+def stream_seed(seed:int, purpose:str, *keys:int) -> int:
+    "A 32-bit seed from `stream_rng` (for torch generators and `torch.manual_seed`)."
+    return int(stream_rng(seed, purpose, *keys).integers(2**32, dtype=np.uint64))
 
 # %% ../nbs/08_runio.ipynb #a3b7813c
 def save_checkpoint(run_dir:str|Path, round:int,
