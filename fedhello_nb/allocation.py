@@ -789,10 +789,9 @@ def strategy_from_config(config,                    # an `ExperimentConfig`
                         ) -> AllocationStrategy:
     "The strategy an `ExperimentConfig` describes (its `allocation` and `clients` sections)."
     a, c = config.allocation, config.clients
-    release = a.compat == 'release'
     return make_strategy(a.strategy, num_layers, seed=a.seed, pattern=a.pattern, custom_order=a.custom_order,
                          capacities=c.capacities, fractions=c.fractions, scorer=scorer, t_rgd=a.t_rgd, t_fim=a.t_fim,
-                         hold='none' if release else a.hold, mapping=a.fim_mapping, temperature=a.fim_temperature,
+                         hold=a.hold, mapping=a.fim_mapping, temperature=a.fim_temperature,
                          compat=a.compat, depth=a.depth)
 
 # %% ../nbs/05_allocation.ipynb #19a12004

@@ -16,10 +16,10 @@ from .validate import FedHelloError
 # %% auto #0
 __all__ = ['PARTITION_SCHEMES', 'PATTERNS', 'STRATEGIES', 'RANK_STRATEGIES', 'HIER_STRATEGIES', 'ALL_STRATEGIES', 'RANK_SCALINGS',
            'HOLD_MODES', 'FIM_SCORES', 'FIM_LAYER_SCORES', 'FIM_MAPPINGS', 'DEFAULT_MODEL', 'DEFAULT_DATA',
-           'ModelConfig', 'LoraSettings', 'DataConfig', 'PartitionConfig', 'ClientsConfig', 'AllocationConfig',
-           'RankConfig', 'HierConfig', 'TrainConfig', 'EvalConfig', 'OutputConfig', 'ExperimentConfig', 'make_config',
-           'config_from_json', 'config_from_yaml', 'config_from_flat', 'load_config', 'parse_override',
-           'apply_overrides', 'config_fields']
+           'RELEASE_SETTINGS', 'ModelConfig', 'LoraSettings', 'DataConfig', 'PartitionConfig', 'ClientsConfig',
+           'AllocationConfig', 'RankConfig', 'HierConfig', 'TrainConfig', 'EvalConfig', 'OutputConfig',
+           'ExperimentConfig', 'make_config', 'config_from_json', 'config_from_yaml', 'config_from_flat', 'load_config',
+           'parse_override', 'apply_overrides', 'config_fields']
 
 # %% ../nbs/01_config.ipynb #dea2593f
 PARTITION_SCHEMES = ('iid', 'dirichlet', 'pathological', 'quantity')
@@ -168,6 +168,11 @@ class OutputConfig(_Section):
     quiet: bool = Field(False, description="No progress bar (batch runs).")
 
 # %% ../nbs/01_config.ipynb #0cfab212
+# what `allocation.compat='release'` stands for (the released code's choices); FedHelloStrategy also leaves the
+# FIM levels unordered under it, which has no field of its own
+RELEASE_SETTINGS = (('allocation', 'fim_score', 'logit'), ('allocation', 'hold', 'none'),
+                    ('train', 'weights', 'uniform'), ('train', 'head', 'frozen'))
+
 class ExperimentConfig(_Section):
     "A whole experiment: eleven sections, validated together."
     name: str = Field('experiment', min_length=1, description="A label for the run, used in tables and plots.")
@@ -214,6 +219,9 @@ class ExperimentConfig(_Section):
             raise FedHelloError('allocation.custom_order', a.custom_order, "only used with allocation.pattern='custom'")
         if a.pattern == 'custom' and a.custom_order is None:
             raise FedHelloError('allocation.custom_order', None, "required when allocation.pattern='custom'")
+        if a.compat == 'release':      # the preset, expanded once here: every module reads the explicit settings
+            for section, name, value in RELEASE_SETTINGS:
+                if getattr(getattr(self, section), name) != value: setattr(getattr(self, section), name, value)
         return self
 
 # %% ../nbs/01_config.ipynb #12d47d39

@@ -337,10 +337,8 @@ def build_strategy(fed:Federation):
         import importlib
         return importlib.import_module(METHOD_MODULES[a.strategy]).build_strategy(fed)
     scorer = _fim_scorer(cfg, fed.proxy_set, fed.device) if fed.proxy_set is not None else None
-    release = a.compat == 'release'
     return LayerwiseStrategy(strategy_from_config(cfg, fed.num_blocks, scorer), fed.plan, LocalTraining.from_config(tr),
-                             weights='uniform' if release else tr.weights,
-                             head='frozen' if release else tr.head, seed=tr.seed)
+                             weights=tr.weights, head=tr.head, seed=tr.seed)
 
 def _fim_scorer(cfg:ExperimentConfig, proxy_set, device):
     "The FIM scorer the allocation strategy calls with the model holding the global state."
@@ -392,7 +390,7 @@ def finish_round(fed:Federation, plan:RoundPlan, state:dict[str, torch.Tensor],
         for b in r['blocks'].split(): trainers[int(b)] += 1
     round_row = {'round': plan.round, 'strategy': fed.config.allocation.strategy, 'selected': len(plan.clients),
                  'replied': len(ok), 'failed': sum(r['status'] == 'failed' for r in client_rows),
-                 'rejected': len(info['rejected']), 'status': 'ok' if ok else 'no replies',
+                 'rejected': sum(r['status'] == 'rejected' for r in client_rows), 'status': 'ok' if ok else 'no replies',
                  'train_loss': float(np.mean([r['loss'] for r in ok])) if ok else float('nan'),
                  'phase': plan.amap.info.get('phase', plan.amap.info.get('strategy')),
                  **{f'trainers_{l}': int(n) for l, n in enumerate(trainers)},

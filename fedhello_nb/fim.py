@@ -331,7 +331,7 @@ def scorer_from_config(config,            # an `ExperimentConfig`
                        batch_size:int=32, # samples per vmap call
                        device=None        # where the batches go; None: the scored model's device
                       ) -> FIMScorer:
-    "The `FIMScorer` an `ExperimentConfig` describes: its FIM score (the logit under compat='release') and layer score."
+    "The `FIMScorer` an `ExperimentConfig` describes: its FIM score (compat='release' set it to the logit) and layer score."
     a = config.allocation
-    return fim_scorer(proxy, model, 'logit' if a.compat == 'release' else a.fim_score, a.fim_layer_score, batch_size,
+    return fim_scorer(proxy, model, a.fim_score, a.fim_layer_score, batch_size,
                       'auto', processor, config.model.max_length, a.compat, device)

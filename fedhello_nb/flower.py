@@ -21,8 +21,8 @@ from .config import ExperimentConfig, make_config, load_config, parse_override, 
 # %% auto #0
 __all__ = ['SERVER_KEYS', 'APP_PYPROJECT', 'state_to_arrays', 'arrays_to_state', 'NodeSpec', 'node_spec', 'budget_capacity',
            'plan_with_capacities', 'ServerOptions', 'experiment_from_run_config', 'node_federation', 'node_info',
-           'node_query', 'node_train', 'NodeMap', 'discover_nodes', 'flower_round', 'run_flower', 'make_apps',
-           'write_app', 'free_port', 'LocalDeployment']
+           'node_query', 'node_train', 'NodeMap', 'discover_nodes', 'parse_reply', 'flower_round', 'run_flower',
+           'make_apps', 'write_app', 'free_port', 'LocalDeployment']
 
 # %% ../nbs/30_flower.ipynb #22dbc904
 _log = logging.getLogger('fedhello_nb.flower')
@@ -102,7 +102,7 @@ def budget_capacity(fm,                       # the experiment's `FedLoraModel` 
     from fedhello_nb.memory import MemoryEstimator, capacity_for_budget
     est = MemoryEstimator.calibrate(fm)
     a, tr = config.allocation, config.train
-    head = tr.head != 'frozen' and a.compat != 'release'    # what `build_strategy` trains
+    head = tr.head != 'frozen'    # what `build_strategy` trains
     size = {'seq_len': config.model.max_length} if est.kind == 'text' else {}
     try: return capacity_for_budget(est, budget, a.pattern, tr.batch_size, head=head, custom_order=a.custom_order, **size)
     except FedHelloError as e: raise FedHelloError(param, budget, e.allowed) from None
@@ -262,6 +262,25 @@ def discover_nodes(grid,                # the ServerApp's `Grid`
     for n, why in out.refused.items(): _log.warning('SuperNode %s refused: %s', n, why)
     return out
 
+# %% ../nbs/30_flower.ipynb #130e79c6
+def parse_reply(content,                 # the reply's `RecordDict`
+                state:dict,              # the global state sent (names, shapes and dtypes of the tensors)
+                allowed:set[str]|None=None # tensor names the client may return (its blocks and head); None: any of `state`
+               ) -> tuple[dict, int, dict]:
+    "(deltas, example count, metrics) of a `train` reply, or `FedHelloError` naming what is malformed."
+    keys = set(content.keys()) if hasattr(content, 'keys') else set()
+    check({'delta', 'metrics'} <= keys, 'reply', sorted(keys), "expected the records 'delta' and 'metrics'")
+    m = dict(content['metrics'])
+    n = m.get('num-examples')
+    check(isinstance(n, (int, float)) and not isinstance(n, bool) and float(n).is_integer() and n >= 1,
+          'reply.num-examples', n, 'expected a positive whole number of training examples')
+    delta = arrays_to_state(content['delta'], like=state)
+    if allowed is not None:
+        extra = sorted(set(delta) - set(allowed))
+        check(not extra, 'reply.delta', extra[:3], 'expected only tensors of the blocks (and head) this client was given')
+    for k in ('loss', 'steps', 'seconds'): check(k in m, f'reply.metrics.{k}', None, 'expected the training metric')
+    return delta, int(n), m
+
 # %% ../nbs/30_flower.ipynb #6016da59
 def flower_round(grid,                          # the ServerApp's `Grid`
                  fed,                           # built from the experiment configuration
@@ -274,14 +293,18 @@ def flower_round(grid,                          # the ServerApp's `Grid`
     from flwr.app import Message
     from fedhello_nb.aggregate import ClientUpdate
     from fedhello_nb.engine import plan_round, client_row, finish_round
+    from fedhello_nb.engine import log_rejection
     plan = plan_round(fed, round, state)           # the engine's selection, allocation and failures
     exp_json, arrays = fed.config.to_json(indent=None), state_to_arrays(state)
+    connected = set(grid.get_node_ids())           # refreshed every round: a node that has gone is known at once
     rows, msgs, by_node = {}, [], {}
     for ins, failed in zip(plan.instructions, plan.failed):
         k = ins.client
         if failed: rows[k] = client_row(fed, ins, 'failed', error='simulated failure (clients.failure_rate)')
         elif ins.idle: rows[k] = client_row(fed, ins, 'idle', error='')
         elif k not in nodes.nodes: rows[k] = client_row(fed, ins, 'failed', error='no SuperNode for this partition-id')
+        elif nodes.nodes[k] not in connected:
+            rows[k] = client_row(fed, ins, 'failed', error=f'unavailable: its SuperNode (node {nodes.nodes[k]}) is no longer connected')
         else:
             rows[k] = client_row(fed, ins, 'failed', error='')   # until its reply arrives
             content = _record(fedhello={'experiment': exp_json, 'num-blocks': fed.num_blocks}, instruction=ins.to_config())
@@ -295,9 +318,13 @@ def flower_round(grid,                          # the ServerApp's `Grid`
         if k is None or k in answered: continue
         answered.add(k)
         if r.has_error(): rows[k]['error'] = f'node error: {r.error.reason}'; continue
-        m = r.content['metrics']
-        delta = arrays_to_state(r.content['delta'], like=state)
-        updates.append(ClientUpdate(k, delta, int(m['num-examples']), {'loss': float(m['loss']), 'steps': int(m['steps'])}))
+        ins = plan.instructions[plan.clients.index(k)]
+        allowed = {n for b in ins.blocks for n in fed.fm.block_params[b]} | (set(fed.fm.head_params) if ins.train_head else set())
+        try: delta, n, m = parse_reply(r.content, state, allowed)
+        except FedHelloError as e:
+            log_rejection(round, k, f'malformed reply: {e}')
+            rows[k].update(status='rejected', error=f'malformed reply: {e}'); continue
+        updates.append(ClientUpdate(k, delta, n, {'loss': float(m['loss']), 'steps': int(m['steps'])}))
         rows[k].update(status='ok', steps=int(m['steps']), loss=float(m['loss']), seconds=float(m['seconds']))
     for k in by_node.values():
         if k not in answered: rows[k]['error'] = f'no reply within {reply_timeout:g} s'
@@ -372,7 +399,7 @@ publisher = "fedhello-nb"
 
 [tool.flwr.app.components]
 serverapp = "fedhello_nb.flower:server_app"
-clientapp = "fedhello_nb.flower:client_app"
+clientapp = "{clientapp}"
 
 [tool.flwr.app.config]
 experiment = "{experiment}"
@@ -384,14 +411,15 @@ min-nodes = {min_nodes}
 
 def write_app(folder:str|Path,          # where to write the App (created)
               experiment:str='',        # default `experiment` of the run config (a file path or '')
-              options:ServerOptions|None=None # defaults of `reply-timeout`, `node-wait`, `min-nodes`
+              options:ServerOptions|None=None, # defaults of `reply-timeout`, `node-wait`, `min-nodes`
+              clientapp:str='fedhello_nb.flower:client_app' # the ClientApp, `module:attribute` (a module in `folder` works too)
              ) -> Path:
     "Write the Flower App folder (`pyproject.toml` and a README) for `flwr run <folder> <superlink>`."
     from fedhello_nb import __version__
     from fedhello_nb.runio import atomic_write_text
     o = options or ServerOptions()
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    text = APP_PYPROJECT.format(version=__version__, experiment=str(experiment).replace('\\', '/'),
+    text = APP_PYPROJECT.format(version=__version__, experiment=str(experiment).replace('\\', '/'), clientapp=clientapp,
                                 reply_timeout=float(o.reply_timeout), node_wait=float(o.node_wait), min_nodes=int(o.min_nodes))
     atomic_write_text(folder/'pyproject.toml', text)
     atomic_write_text(folder/'README.md', 'fedhello_nb on Flower. See https://fedhello-nb.github.io/fedhello_nb/flower.html\n')

@@ -402,10 +402,8 @@ def build_strategy(fed # the `Federation` (model, data, partition, capacity plan
         if e.param == 'deadline': raise _hier_error(e, 'hier.deadline') from None
         raise
     train_rows, val_rows = held_out_rows([fed.client_indices(k) for k in range(K)], seed=tr.seed)
-    release = cfg.allocation.compat == 'release'
     return HierFedLoRA(grouping, bandits, clock, LocalTraining.from_config(tr), fed.plan.client_capacities.tolist(),
-                       train_rows, val_rows, weights='uniform' if release else tr.weights,
-                       train_head=not (release or tr.head == 'frozen'), seed=tr.seed,
+                       train_rows, val_rows, weights=tr.weights, train_head=tr.head != 'frozen', seed=tr.seed,
                        eval_batch_size=cfg.eval.batch_size)
 
 # %% ../nbs/15_hierfedlora.ipynb #4643067c

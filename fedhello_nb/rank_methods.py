@@ -223,7 +223,5 @@ def build_strategy(fed) -> RankStrategy:
     else:
         check(rk.prune_ratio is None, 'rank.prune_ratio', rk.prune_ratio, "only used by 'hetlora' (self-pruning)")
         method = RANK_METHODS[name](cfg.lora.alpha, **kw)
-    release = cfg.allocation.compat == 'release'
-    return RankStrategy(method, fed.plan, ranks, LocalTraining.from_config(tr),
-                        weights='uniform' if release else tr.weights, head='frozen' if release else tr.head,
+    return RankStrategy(method, fed.plan, ranks, LocalTraining.from_config(tr), weights=tr.weights, head=tr.head,
                         seed=tr.seed, fm=fed.fm)

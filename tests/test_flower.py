@@ -142,6 +142,48 @@ def test_bad_node_configuration_refused(flower_run, deployment):
     for i in (3, 4, 5): assert 'fedhello node refused the query message' in deployment.log(f'supernode{i}.log'), i
 
 
+FAULTY_APP = """\
+# A ClientApp that trains like fedhello's but sends client {bad}'s first tensor with a wrong shape.
+import numpy as np
+from flwr.app import Array
+from flwr.clientapp import ClientApp
+from fedhello_nb.flower import node_query, node_train
+
+app = ClientApp()
+app.query()(node_query)
+
+@app.train()
+def train(msg, context):
+    reply = node_train(msg, context)
+    if int(context.node_config.get('partition-id', -1)) == {bad} and not reply.has_error():
+        delta = reply.content['delta']
+        first = sorted(delta.keys())[0]
+        delta[first] = Array(np.zeros((3, 1), dtype=np.float32))
+    return reply
+"""
+
+
+def test_malformed_reply_is_rejected(deployment, flower_run, tmp_path):
+    "A ClientApp replying with a wrong shape: that client is rejected and recorded, the round aggregates the other, exit 0."
+    cfg = _experiment(tmp_path, **{'output.dir': str(tmp_path/'out'), 'train.rounds': 1, 'train.local_steps': 1,
+                                   'data.max_test': 20})
+    bad = select_clients(3, 2, cfg.train.seed, 0)[0]
+    app = tmp_path/'app'
+    app.mkdir()
+    (app/'faulty.py').write_text(FAULTY_APP.format(bad=bad))
+    write_app(app, experiment=str(tmp_path/'experiment.json'), clientapp='faulty:app',
+              options=ServerOptions(reply_timeout=180, node_wait=30, min_nodes=6))
+    p = deployment.run(app, timeout=300)
+    assert p.returncode == 0 and (tmp_path/'out'/'summary.json').exists(), deployment.log()[-4000:]
+    rounds, clients = read_table(tmp_path/'out'/'rounds.csv'), read_table(tmp_path/'out'/'clients.csv')
+    assert rounds['selected'].tolist() == [2] and rounds['replied'].tolist() == [1] and rounds['rejected'].tolist() == [1]
+    assert rounds['status'].tolist() == ['ok']
+    by_client = clients.set_index('client')
+    assert by_client.loc[bad, 'status'] == 'rejected', by_client
+    assert 'malformed reply: invalid arrays' in by_client.loc[bad, 'error'] and 'expected shape' in by_client.loc[bad, 'error']
+    assert by_client.drop(bad)['status'].tolist() == ['ok']
+
+
 def _clientapps(pid:int) -> list:
     "Live ClientApp processes below `pid`."
     out = []
@@ -185,12 +227,19 @@ def test_dead_node_does_not_hang_the_run(deployment, flower_run, federation, tmp
     seconds = time.perf_counter() - t0
     print(f'flwr run with a node killed in round 0 (reply timeout {timeout:g} s): {seconds:.1f} s')
     assert (tmp_path/'out'/'summary.json').exists(), f'flwr run exited {p.returncode}; log:\n' + deployment.log()[-4000:]
+    assert p.returncode == 0, deployment.log()[-4000:]
     rounds, clients = read_table(tmp_path/'out'/'rounds.csv'), read_table(tmp_path/'out'/'clients.csv')
     assert rounds['selected'].tolist() == [2] and rounds['replied'].tolist() == [1] and rounds['failed'].tolist() == [1]
     assert rounds['status'].tolist() == ['ok']
-    assert rounds['seconds'].iloc[0] < timeout + 15, rounds      # it did not wait for the dead node beyond the timeout
+    assert rounds['seconds'].iloc[0] < timeout + 60, rounds      # it did not wait for the dead node beyond the timeout
     by_client = clients.set_index('client')
-    assert by_client.loc[victim, 'status'] == 'failed' and f'no reply within {timeout:g} s' in by_client.loc[victim, 'error']
+    # two outcomes are both correct, and which one happens depends on how fast the SuperLink notices the node has
+    # gone: it is no longer connected when the round starts (recorded at once), or it dies after the train message
+    # was sent (no reply, or an error reply from Flower)
+    error = str(by_client.loc[victim, 'error'])
+    assert by_client.loc[victim, 'status'] == 'failed', by_client
+    assert ('unavailable: its SuperNode' in error or f'no reply within {timeout:g} s' in error
+            or error.startswith('node error:')), error
     survivor = by_client.drop(victim)
     assert survivor['status'].tolist() == ['ok'] and survivor['steps'].tolist() == [1]
     # the survivor's update was aggregated: the global tensors of its blocks moved
@@ -217,3 +266,4 @@ def test_simulation_runtime_equals_engine(reference, tmp_path):
         dep.stop()
     _same_tensors(tmp_path/'out', reference)
     assert read_table(tmp_path/'out'/'rounds.csv')['replied'].tolist() == [2, 2]
+
