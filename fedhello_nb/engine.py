@@ -33,8 +33,8 @@ _log = logging.getLogger('fedhello_nb.engine')   # the module's name, in the not
 __all__ = ['FIM_STRATEGIES', 'METHOD_MODULES', 'PARAM_FIELDS', 'METRIC_COLUMNS', 'RESULT_FILES', 'derived_seed', 'select_clients',
            'draw_failures', 'LocalTraining', 'TrainInstruction', 'rejection_reason', 'log_rejection',
            'LayerwiseStrategy', 'train_client', 'evaluate', 'macro_f1', 'config_errors', 'resolve_device', 'Federation',
-           'build_strategy', 'RoundPlan', 'plan_round', 'client_row', 'finish_round', 'run_round', 'strict_json',
-           'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
+           'build_strategy', 'client_update_of', 'RoundPlan', 'plan_round', 'client_row', 'finish_round', 'run_round',
+           'strict_json', 'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -97,6 +97,7 @@ class TrainInstruction:
     train_head: bool          # whether the classification head trains
     local: LocalTraining      # optimisation settings
     seed: int                 # seeds this client's batches and dropout this round
+    rank: int|None = None     # the LoRA rank it trains at (rank methods); None: the global adapter's rank
 
     @property
     def idle(self) -> bool:
@@ -106,14 +107,15 @@ class TrainInstruction:
     def to_config(self) -> dict:
         "Flat JSON-able form (Flower `ConfigRecord`)."
         d = {'client': self.client, 'round': self.round, 'blocks': list(self.blocks), 'train_head': self.train_head,
-             'seed': self.seed, **{f'local.{k}': v for k,v in asdict(self.local).items()}}
+             'seed': self.seed, 'rank': self.rank, **{f'local.{k}': v for k,v in asdict(self.local).items()}}
         return {k: v for k,v in d.items() if v is not None}
 
     @classmethod
     def from_config(cls, d:dict) -> 'TrainInstruction':
         "Inverse of `to_config`."
         local = LocalTraining(**{k[6:]: v for k,v in d.items() if k.startswith('local.')})
-        return cls(int(d['client']), int(d['round']), [int(b) for b in d['blocks']], bool(d['train_head']), local, int(d['seed']))
+        return cls(int(d['client']), int(d['round']), [int(b) for b in d['blocks']], bool(d['train_head']), local, int(d['seed']),
+                   None if d.get('rank') is None else int(d['rank']))
 
 # %% ../nbs/13_engine.ipynb #9c70fd28
 def rejection_reason(u:ClientUpdate) -> str|None:
@@ -344,6 +346,11 @@ def _fim_scorer(cfg:ExperimentConfig, proxy_set, device):
     "The FIM scorer the allocation strategy calls with the model holding the global state."
     return scorer_from_config(cfg, proxy_set, batch_size=cfg.eval.batch_size, device=device)
 
+# %% ../nbs/13_engine.ipynb #f6fa3f3f
+def client_update_of(strategy) -> Callable:
+    "The strategy's `client_update(fm, state, instruction, dataset, indices, device)`, else `train_client`."
+    return getattr(strategy, 'client_update', train_client)
+
 # %% ../nbs/13_engine.ipynb #37ce00e6
 @dataclass
 class RoundPlan:
@@ -371,7 +378,7 @@ def client_row(fed:Federation, ins:TrainInstruction, status:str, # 'ok', 'failed
     return {'round': ins.round, 'client': ins.client, 'capacity': int(fed.plan.capacity_of(ins.client)),
             'blocks': ' '.join(map(str, ins.blocks)), 'num_blocks': len(ins.blocks),
             'shallowest': min(ins.blocks) if ins.blocks else -1, 'samples': len(fed.client_indices(ins.client)),
-            'status': status, 'steps': steps, 'loss': loss, 'seconds': seconds, **extra}
+            **({} if ins.rank is None else {'rank': ins.rank}), 'status': status, 'steps': steps, 'loss': loss, 'seconds': seconds, **extra}
 
 def finish_round(fed:Federation, plan:RoundPlan, state:dict[str, torch.Tensor],
                  updates:Sequence[ClientUpdate], # the replies that arrived
@@ -393,18 +400,19 @@ def finish_round(fed:Federation, plan:RoundPlan, state:dict[str, torch.Tensor],
                  'rejected': sum(r['status'] == 'rejected' for r in client_rows), 'status': 'ok' if ok else 'no replies',
                  'train_loss': float(np.mean([r['loss'] for r in ok])) if ok else float('nan'),
                  'phase': plan.amap.info.get('phase', plan.amap.info.get('strategy')),
-                 **{f'trainers_{l}': int(n) for l, n in enumerate(trainers)},
+                 **{f'trainers_{l}': int(n) for l, n in enumerate(trainers)}, **info.get('round', {}),
                  'seconds': time.perf_counter() - plan.started}
     return new_state, round_row, client_rows
 
 def run_round(fed:Federation, round:int, state:dict[str, torch.Tensor]) -> tuple[dict, dict, list[dict]]:
     "One in-process round: (new global state, round row, client rows). A strategy with its own `run_round` runs that instead."
     if hasattr(fed.strategy, 'run_round'): return fed.strategy.run_round(fed, round, state)
+    update = client_update_of(fed.strategy)
     plan = plan_round(fed, round, state)
     updates, rows = [], []
     for ins, failed in zip(plan.instructions, plan.failed):
         if failed: rows.append(client_row(fed, ins, 'failed')); continue
-        u = train_client(fed.fm, state, ins, fed.train_set, fed.client_indices(ins.client), fed.device)
+        u = update(fed.fm, state, ins, fed.train_set, fed.client_indices(ins.client), fed.device)
         if u.metrics.get('idle'): rows.append(client_row(fed, ins, 'idle')); continue
         updates.append(u)
         rows.append(client_row(fed, ins, 'ok', u.metrics['steps'], u.metrics['loss'], u.metrics['seconds']))

@@ -19,13 +19,15 @@ from .config import ExperimentConfig, make_config, load_config, parse_override, 
 # declares a memory budget
 
 # %% auto #0
-__all__ = ['SERVER_KEYS', 'APP_PYPROJECT', 'state_to_arrays', 'arrays_to_state', 'NodeSpec', 'node_spec', 'budget_capacity',
-           'plan_with_capacities', 'ServerOptions', 'experiment_from_run_config', 'node_federation', 'node_info',
-           'node_query', 'node_train', 'NodeMap', 'discover_nodes', 'parse_reply', 'flower_round', 'run_flower',
-           'make_apps', 'write_app', 'free_port', 'LocalDeployment']
+__all__ = ['FLOWER_STRATEGIES', 'SERVER_KEYS', 'APP_PYPROJECT', 'state_to_arrays', 'arrays_to_state', 'NodeSpec', 'node_spec',
+           'budget_capacity', 'plan_with_capacities', 'ServerOptions', 'experiment_from_run_config', 'node_federation',
+           'node_info', 'node_query', 'node_train', 'NodeMap', 'discover_nodes', 'parse_reply', 'flower_round',
+           'run_flower', 'make_apps', 'write_app', 'free_port', 'LocalDeployment']
 
 # %% ../nbs/30_flower.ipynb #22dbc904
 _log = logging.getLogger('fedhello_nb.flower')
+# the strategies whose round is the engine's (`run_round` / `flower_round`)
+FLOWER_STRATEGIES = STRATEGIES + ('hetlora', 'flexlora')
 
 def _flwr():
     "The `flwr` package, or a clear error when the `flower` extra is not installed."
@@ -194,7 +196,7 @@ def node_query(msg, context):
 def node_train(msg, context):
     "ClientApp `train`: run `train_client` on exactly the allocated blocks; reply with the deltas and the sample count."
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-    from fedhello_nb.engine import TrainInstruction, train_client
+    from fedhello_nb.engine import TrainInstruction, client_update_of
     c = msg.content['fedhello']
     try:
         cfg = config_from_json(str(c['experiment']))
@@ -205,7 +207,7 @@ def node_train(msg, context):
     except FedHelloError as e: return _refuse(msg, 'train', e)
     fed = node_federation(str(c['experiment']))
     state = arrays_to_state(msg.content['global'], like=fed.fm.state())
-    u = train_client(fed.fm, state, ins, fed.train_set, fed.client_indices(spec.partition_id), fed.device)
+    u = client_update_of(fed.strategy)(fed.fm, state, ins, fed.train_set, fed.client_indices(spec.partition_id), fed.device)
     m = {'num-examples': int(u.num_samples), 'loss': float(u.metrics['loss']), 'steps': int(u.metrics['steps']),
          'seconds': float(u.metrics['seconds']), 'client': int(u.client)}
     return Message(RecordDict({'delta': state_to_arrays(u.delta), 'metrics': MetricRecord(m)}), reply_to=msg)
@@ -320,7 +322,12 @@ def flower_round(grid,                          # the ServerApp's `Grid`
         if r.has_error(): rows[k]['error'] = f'node error: {r.error.reason}'; continue
         ins = plan.instructions[plan.clients.index(k)]
         allowed = {n for b in ins.blocks for n in fed.fm.block_params[b]} | (set(fed.fm.head_params) if ins.train_head else set())
-        try: delta, n, m = parse_reply(r.content, state, allowed)
+        # a rank method's client replies at its rank: A cut to r_k rows, B to r_k columns
+        if ins.rank is None: expected = state
+        else:
+            from fedhello_nb.rank_methods import cut_to_rank
+            expected = cut_to_rank(state, ins.rank)
+        try: delta, n, m = parse_reply(r.content, expected, allowed)
         except FedHelloError as e:
             log_rejection(round, k, f'malformed reply: {e}')
             rows[k].update(status='rejected', error=f'malformed reply: {e}'); continue
@@ -340,8 +347,8 @@ def run_flower(grid,                              # the ServerApp's `Grid`
     from fedhello_nb.runio import write_table
     cfg = make_config(config)
     opts = options or ServerOptions()
-    check(cfg.allocation.strategy in STRATEGIES, 'allocation.strategy', cfg.allocation.strategy,
-          'expected a layer-allocation strategy on Flower (' + ', '.join(STRATEGIES) + ')')
+    check(cfg.allocation.strategy in FLOWER_STRATEGIES, 'allocation.strategy', cfg.allocation.strategy,
+          'expected a strategy that runs on Flower (' + ', '.join(FLOWER_STRATEGIES) + ')')
     found = {}
     def setup(fed):
         "Map nodes to clients, give the plan the capacities the nodes declared, and write nodes.csv."

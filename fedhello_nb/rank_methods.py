@@ -17,8 +17,8 @@ from .model import FedLoraModel
 from .aggregate import ClientUpdate
 from .rank_baselines import (RANK_METHODS, RankMethod, FLoRA, HetLoRA, class_ranks, client_scale,
                                         lora_pairs, lora_rank, pad_rank, rank_limit)
-from .engine import (LocalTraining, TrainInstruction, derived_seed, draw_failures, log_rejection, rejection_reason,
-                                select_clients, train_client)
+from .allocation import AllocationMap
+from .engine import LocalTraining, TrainInstruction, derived_seed, rejection_reason, train_client
 
 # %% auto #0
 __all__ = ['lora_modules', 'adapter_scale', 'cut_to_rank', 'train_at_rank', 'config_ranks', 'encode_tensors', 'decode_tensors',
@@ -146,44 +146,24 @@ class RankStrategy:
         "The rank `client` trains at this round: its class's rank (less after HetLoRA self-pruning)."
         return self.method.rank_of(int(client), self.ranks[self.plan.class_of(int(client))])
 
-    def run_round(self, fed, round:int, state:dict[str, torch.Tensor]) -> tuple[dict, dict, list[dict]]:
-        "One round: (new global state, round row, client rows), with the engine's row keys plus `rank`."
-        cfg, t0 = fed.config, time.perf_counter()
-        c = cfg.clients
-        clients = select_clients(c.num_clients, c.per_round, self.seed, round)
-        fails = draw_failures(self.seed, round, len(clients), c.failure_rate)
-        L = fed.num_blocks
-        updates, rows = [], []
-        for client, failed in zip(clients, fails):
-            rank, idx = self.client_rank(client), fed.client_indices(client)
-            row = {'round': round, 'client': client, 'capacity': int(self.plan.capacity_of(client)),
-                   'blocks': ' '.join(map(str, range(L))), 'num_blocks': L, 'shallowest': 0, 'samples': len(idx), 'rank': rank}
-            if failed:
-                rows.append({**row, 'status': 'failed', 'steps': 0, 'loss': float('nan'), 'seconds': 0.0}); continue
-            ins = TrainInstruction(client, round, list(range(L)), self.head == 'average', self.local,
-                                   derived_seed(self.seed, round, client, 1))
-            u = train_at_rank(fed.fm, self.method, state, rank, ins, fed.train_set, idx, fed.device)
-            status = 'idle' if u.metrics.get('idle') else 'ok'
-            if status == 'ok': updates.append(u)
-            rows.append({**row, 'status': status, 'steps': u.metrics['steps'], 'loss': u.metrics['loss'],
-                         'seconds': u.metrics['seconds']})
-        good = []
-        for u in updates:
-            reason = rejection_reason(u)
-            if reason is None: good.append(u)
-            else: log_rejection(round, u.client, reason)
-        rejected = {u.client for u in updates} - {u.client for u in good}
-        for r in rows:
-            if r['client'] in rejected: r['status'] = 'rejected'
-        new_state = self.aggregate(round, state, good)
-        ok = [r for r in rows if r['status'] == 'ok']
-        round_row = {'round': round, 'strategy': self.method.name, 'selected': len(clients), 'replied': len(ok),
-                     'failed': int(fails.sum()), 'rejected': len(rejected), 'status': 'ok' if ok else 'no replies',
-                     'train_loss': float(np.mean([r['loss'] for r in ok])) if ok else float('nan'),
-                     'phase': self.method.name, **{f'trainers_{l}': len(ok) for l in range(L)},
-                     'mean_rank': float(np.mean([r['rank'] for r in ok])) if ok else float('nan'),
-                     'seconds': time.perf_counter() - t0}
-        return new_state, round_row, rows
+    def configure_train(self, round:int, clients:Sequence[int], context=None) -> tuple[AllocationMap, list[TrainInstruction]]:
+        "Every selected client trains all blocks (and the head unless it is frozen) at its rank: the map and the instructions."
+        L = self.plan.num_layers
+        amap = AllocationMap(list(clients), np.ones((len(clients), L), bool), {'strategy': self.method.name, 'phase': self.method.name})
+        return amap, [TrainInstruction(int(c), round, list(range(L)), self.head == 'average', self.local,
+                                       derived_seed(self.seed, round, int(c), 1), rank=self.client_rank(c)) for c in clients]
+
+    def client_update(self, fm:FedLoraModel, state:dict[str, torch.Tensor], instruction:TrainInstruction, dataset,
+                      indices:Sequence[int], device='cpu') -> ClientUpdate:
+        "Train one client at its instruction's rank (`train_at_rank`): the engine's round and Flower's ClientApp call this."
+        return train_at_rank(fm, self.method, state, instruction.rank, instruction, dataset, indices, device)
+
+    def aggregate_train(self, round:int, state:dict[str, torch.Tensor], updates:Sequence[ClientUpdate]) -> tuple[dict, dict]:
+        "Reject non-finite replies (the engine's rule), then the method's server step: (new state, info with `mean_rank`)."
+        good = [u for u in updates if rejection_reason(u) is None]
+        info = {'aggregated': [u.client for u in good], 'rejected': [u.client for u in updates if u not in good],
+                'round': {'mean_rank': float(np.mean([u.metrics['rank'] for u in good])) if good else float('nan')}}
+        return self.aggregate(round, state, good), info
 
     def aggregate(self, round:int, state:dict[str, torch.Tensor], updates:Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
         "The method's server step on the accepted replies (the state unchanged when there are none)."
