@@ -1,4 +1,4 @@
-"""How the server turns the updates of clients that trained different layers into one model (ALGORITHMS.md section 3).
+"""How the server turns the updates of clients that trained different layers into one model (Fed-HeLLo, arXiv 2506.12213, Eq. 3).
 
 Docs: https://fedhello-nb.github.io/fedhello_nb/aggregate.html.md"""
 

@@ -1,6 +1,6 @@
 """Which LoRA layers each client trains in a round: capacity plans, the geometric patterns (GD-HLA), their
 randomised version (RGD-HLA), the FIM probability mapping, the Fed-HeLLo schedule and the baselines
-(ALGORITHMS.md sections 1 and 2).
+(Fed-HeLLo, arXiv 2506.12213).
 
 Docs: https://fedhello-nb.github.io/fedhello_nb/allocation.html.md"""
 

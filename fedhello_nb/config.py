@@ -72,7 +72,7 @@ class DataConfig(_Section):
         "Samples in the server's proxy set for FIM scores, taken out of the training pool (paper: 50 to 1000).")
 
 class PartitionConfig(_Section):
-    "How training data is split over clients (ALGORITHMS.md section 5)."
+    "How training data is split over clients (see the partition chapter)."
     scheme: Literal['iid', 'dirichlet', 'pathological', 'quantity'] = Field('iid', description=
         "iid, dirichlet(alpha), pathological(M, beta), or quantity skew.")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration for 'dirichlet' and 'quantity'; smaller is more skewed.")
@@ -96,7 +96,7 @@ class ClientsConfig(_Section):
     failure_rate: float = Field(0.0, ge=0, le=1, description="Share of selected clients that fail before replying.")
 
 class AllocationConfig(_Section):
-    "Which LoRA layers each client trains (ALGORITHMS.md section 2)."
+    "Which LoRA layers each client trains (Fed-HeLLo, arXiv 2506.12213; see the allocation chapter)."
     strategy: Literal[ALL_STRATEGIES] = Field('fedhello', description=
         "The method: a layer allocation ('fedhello' is RGD warm-up then FIM, 'full' is FedIT, ...), a rank baseline "
         "('hetlora', 'flexlora', 'flora'), or 'hierfedlora'.")
@@ -128,7 +128,7 @@ class RankConfig(_Section):
         "HetLoRA self-pruning: drop trailing rank components whose norm is below this share of the largest; None is off.")
 
 class HierConfig(_Section):
-    "HierFedLoRA (ALGORITHMS.md section 4, a reconstruction): near-IID groups, R-UCB choice of depth and frequency."
+    "HierFedLoRA (arXiv 2503.21213, a reconstruction): near-IID groups, R-UCB choice of depth and frequency."
     num_groups: Optional[int] = Field(None, ge=1, description="K groups; None chooses K by a sweep.")
     lam: float = Field(0.0, ge=0, description="Weight of the resource-imbalance term in the grouping objective J.")
     depths: Optional[list[int]] = Field(None, description="Arm depths d (blocks from the output); None: L/4, L/2, 3L/4, L.")
@@ -141,7 +141,7 @@ class HierConfig(_Section):
         "Accuracy whose first crossing gives the simulated time-to-target in the results.")
 
 class TrainConfig(_Section):
-    "Rounds and local training (ALGORITHMS.md section 3)."
+    "Rounds and local training (see the engine chapter)."
     rounds: int = Field(10, ge=1, description="Global rounds.")
     local_steps: int = Field(5, ge=1, description="Optimizer steps per client per round (ignored when local_epochs is set).")
     local_epochs: Optional[float] = Field(None, gt=0, description="Epochs over the client's data instead of a step count.")

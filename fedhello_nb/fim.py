@@ -1,5 +1,5 @@
 """Per-sample gradients of the global model on a proxy set, the diagonal empirical Fisher of every LoRA tensor,
-one score per layer, and the layer probabilities that FIM-HLA samples from (ALGORITHMS.md sections 2.3, 2.4).
+one score per layer, and the layer probabilities that FIM-HLA samples from (Fed-HeLLo, arXiv 2506.12213).
 
 Docs: https://fedhello-nb.github.io/fedhello_nb/fim.html.md"""
 

@@ -1,4 +1,4 @@
-"""HierFedLoRA's first step: put clients with skewed label distributions into groups whose pooled distribution is close to the global one (ALGORITHMS.md section 4).
+"""HierFedLoRA's first step: put clients with skewed label distributions into groups whose pooled distribution is close to the global one (HierFedLoRA, arXiv 2503.21213).
 
 Docs: https://fedhello-nb.github.io/fedhello_nb/grouping.html.md"""
 
@@ -153,7 +153,7 @@ class _GroupState:
 
 # %% ../nbs/10_grouping.ipynb #ad7209dc
 def _search(h, r, k, lam, eps, max_passes, tol=1e-12):
-    "Seed, add, refine: the greedy search of ALGORITHMS.md section 4. Returns (groups as positions, passes)."
+    "Seed, add, refine: the greedy search described at the top of this chapter. Returns (groups as positions, passes)."
     n = len(h)
     cap = math.ceil(n / k)
     st = _GroupState(h, r, k, lam, eps)

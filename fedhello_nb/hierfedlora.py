@@ -1,4 +1,4 @@
-"""Near-IID groups, a per-group R-UCB choice of depth and intra-group frequency, hierarchical aggregation and a simulated wall clock, as one strategy of the federated engine (ALGORITHMS.md section 4).
+"""Near-IID groups, a per-group R-UCB choice of depth and intra-group frequency, hierarchical aggregation and a simulated wall clock, as one strategy of the federated engine (HierFedLoRA, arXiv 2503.21213).
 
 Docs: https://fedhello-nb.github.io/fedhello_nb/hierfedlora.html.md"""
 

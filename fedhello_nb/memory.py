@@ -1,4 +1,4 @@
-"""What a client's allocation costs before it runs, measured and estimated: parameters, gradients, optimizer state, activations saved for backward, FLOPs and step time; the largest allocation that fits a memory budget (ALGORITHMS.md section 6).
+"""What a client's allocation costs before it runs, measured and estimated: parameters, gradients, optimizer state, activations saved for backward, FLOPs and step time; the largest allocation that fits a memory budget.
 
 Docs: https://fedhello-nb.github.io/fedhello_nb/memory.html.md"""
 

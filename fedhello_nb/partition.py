@@ -1,4 +1,4 @@
-"""Splitting the training pool over clients: IID, Dirichlet label skew, pathological M-class skew and quantity skew (ALGORITHMS.md section 5), seeded, with histograms, a plot and divergences.
+"""Splitting the training pool over clients: IID, Dirichlet label skew, pathological M-class skew and quantity skew (the splits of Fed-HeLLo, arXiv 2506.12213, and HierFedLoRA, arXiv 2503.21213), seeded, with histograms, a plot and divergences.
 
 Docs: https://fedhello-nb.github.io/fedhello_nb/partition.html.md"""
 
@@ -217,7 +217,7 @@ def partition(labels,                      # class id of every row (array-like),
               max_retries:int=100,         # redraws allowed to reach min_size
               label_names:Sequence[str]|None=None # class names; None takes them from a LabeledSplit or numbers them
              ) -> Partition:
-    "Split the rows over `num_clients` clients by one of the schemes of ALGORITHMS.md section 5."
+    "Split the rows over `num_clients` clients by one of `PARTITION_SCHEMES` (the table at the top of this chapter)."
     if hasattr(labels, 'labels') and hasattr(labels, 'label_names'):
         label_names = label_names or labels.label_names; labels = labels.labels
     try: y = np.asarray(labels)

@@ -1,4 +1,4 @@
-"""The server math of the three baselines that give weak clients a smaller LoRA *rank* instead of fewer LoRA *layers* (ALGORITHMS.md section 2.5).
+"""The server math of the three baselines that give weak clients a smaller LoRA *rank* instead of fewer LoRA *layers* (the baselines Fed-HeLLo, arXiv 2506.12213, compares with).
 
 Docs: https://fedhello-nb.github.io/fedhello_nb/rank_baselines.html.md"""
 

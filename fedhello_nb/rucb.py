@@ -1,4 +1,4 @@
-"""HierFedLoRA's second step: each group picks, round by round, how many blocks from the output it trains and how often it aggregates inside the group, with a bandit that respects a deadline (ALGORITHMS.md section 4).
+"""HierFedLoRA's second step: each group picks, round by round, how many blocks from the output it trains and how often it aggregates inside the group, with a bandit that respects a deadline (HierFedLoRA, arXiv 2503.21213).
 
 Docs: https://fedhello-nb.github.io/fedhello_nb/rucb.html.md"""
 
