@@ -331,7 +331,9 @@ def flower_round(grid,                          # the ServerApp's `Grid`
         except FedHelloError as e:
             log_rejection(round, k, f'malformed reply: {e}')
             rows[k].update(status='rejected', error=f'malformed reply: {e}'); continue
-        updates.append(ClientUpdate(k, delta, n, {'loss': float(m['loss']), 'steps': int(m['steps'])}))
+        # the rank the server asked for: a rank method aggregates each reply at its client's rank
+        rank = {} if ins.rank is None else {'rank': ins.rank}
+        updates.append(ClientUpdate(k, delta, n, {'loss': float(m['loss']), 'steps': int(m['steps']), **rank}))
         rows[k].update(status='ok', steps=int(m['steps']), loss=float(m['loss']), seconds=float(m['seconds']))
     for k in by_node.values():
         if k not in answered: rows[k]['error'] = f'no reply within {reply_timeout:g} s'

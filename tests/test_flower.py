@@ -142,6 +142,26 @@ def test_bad_node_configuration_refused(flower_run, deployment):
     for i in (3, 4, 5): assert 'fedhello node refused the query message' in deployment.log(f'supernode{i}.log'), i
 
 
+def test_rank_method_on_flower_equals_engine(deployment, flower_run, tmp_path):
+    "HetLoRA through the engine's round on Flower: the same clients, ranks, losses and accuracy as in-process."
+    over = {'allocation.strategy': 'hetlora', 'output.dir': str(tmp_path/'out')}
+    _experiment(tmp_path, **over)
+    app = write_app(tmp_path/'app', experiment=str(tmp_path/'experiment.json'),
+                    options=ServerOptions(reply_timeout=180, node_wait=30, min_nodes=6))
+    p = deployment.run(app, timeout=300)
+    assert p.returncode == 0 and (tmp_path/'out'/'summary.json').exists(), deployment.log()[-4000:]
+    ref = run_experiment(make_config(EXPERIMENT, **{**over, 'output.dir': str(tmp_path/'ref')}))
+    fl_rounds, fl_clients = read_table(tmp_path/'out'/'rounds.csv'), read_table(tmp_path/'out'/'clients.csv')
+    assert fl_rounds['replied'].tolist() == ref.rounds['replied'].tolist() == [2, 2]
+    cols = ['round', 'client', 'rank', 'status', 'steps']
+    assert fl_clients[cols].astype(str).values.tolist() == ref.clients[cols].astype(str).values.tolist()
+    # float32 tensors travel bit for bit; the tolerance covers the order of the sums in two processes
+    np.testing.assert_allclose(fl_clients['loss'], ref.clients['loss'], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fl_rounds['mean_rank'], ref.rounds['mean_rank'])
+    np.testing.assert_allclose(fl_rounds['accuracy'], ref.rounds['accuracy'], atol=1e-6)
+    _same_tensors(tmp_path/'out', ref)
+
+
 FAULTY_APP = """\
 # A ClientApp that trains like fedhello's but sends client {bad}'s first tensor with a wrong shape.
 import numpy as np
