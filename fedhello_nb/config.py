@@ -220,8 +220,7 @@ class ExperimentConfig(_Section):
         if a.pattern == 'custom' and a.custom_order is None:
             raise FedHelloError('allocation.custom_order', None, "required when allocation.pattern='custom'")
         if a.compat == 'release':      # the preset, expanded once here: every module reads the explicit settings
-            for section, name, value in RELEASE_SETTINGS:
-                if getattr(getattr(self, section), name) != value: setattr(getattr(self, section), name, value)
+            for section, name, value in RELEASE_SETTINGS: setattr(getattr(self, section), name, value)
         return self
 
 # %% ../nbs/01_config.ipynb #12d47d39

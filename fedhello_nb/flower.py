@@ -315,19 +315,19 @@ def flower_round(grid,                          # the ServerApp's `Grid`
             by_node[nodes.nodes[k]] = k
     replies = list(grid.send_and_receive(msgs, timeout=reply_timeout)) if msgs else []
     updates, answered = [], set()
+    instruction_of, expected = dict(zip(plan.clients, plan.instructions)), {None: state}
     for r in replies:
         k = by_node.get(r.metadata.src_node_id)
         if k is None or k in answered: continue
         answered.add(k)
         if r.has_error(): rows[k]['error'] = f'node error: {r.error.reason}'; continue
-        ins = plan.instructions[plan.clients.index(k)]
+        ins = instruction_of[k]
         allowed = {n for b in ins.blocks for n in fed.fm.block_params[b]} | (set(fed.fm.head_params) if ins.train_head else set())
-        # a rank method's client replies at its rank: A cut to r_k rows, B to r_k columns
-        if ins.rank is None: expected = state
-        else:
+        # a rank method's client replies at its rank: A cut to r_k rows, B to r_k columns (one cut per rank a round)
+        if ins.rank not in expected:
             from fedhello_nb.rank_methods import cut_to_rank
-            expected = cut_to_rank(state, ins.rank)
-        try: delta, n, m = parse_reply(r.content, expected, allowed)
+            expected[ins.rank] = cut_to_rank(state, ins.rank)
+        try: delta, n, m = parse_reply(r.content, expected[ins.rank], allowed)
         except FedHelloError as e:
             log_rejection(round, k, f'malformed reply: {e}')
             rows[k].update(status='rejected', error=f'malformed reply: {e}'); continue

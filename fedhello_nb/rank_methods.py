@@ -6,7 +6,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/rank_methods.html.md"""
 
 # %% ../nbs/14_rank_methods.ipynb #310c61fc
 from __future__ import annotations
-import base64, math, time
+import base64, math
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 import numpy as np
