@@ -7,6 +7,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/engine.html.md"""
 # %% ../nbs/13_engine.ipynb #88ac6681
 from __future__ import annotations
 import json, logging, math, time
+from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -16,9 +17,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from .validate import FedHelloError, check, check_int, check_number, check_choice
-from .config import ExperimentConfig, make_config, STRATEGIES
+from .config import ExperimentConfig, make_config, STRATEGIES, HIER_STRATEGIES
 from .data import load_data, make_dataset, make_loader
-from .partition import partition
+from .partition import partition, held_out_rows
 from .model import FedLoraModel, LoRA
 from .allocation import AllocationMap, AllocationStrategy, CapacityPlan, strategy_from_config
 from .aggregate import ClientUpdate, layerwise_average
@@ -30,11 +31,12 @@ from .runio import (check_run_dir, prepare_run_dir, discard_on_failure, save_che
 _log = logging.getLogger('fedhello_nb.engine')   # the module's name, in the notebook too
 
 # %% auto #0
-__all__ = ['FIM_STRATEGIES', 'METHOD_MODULES', 'PARAM_FIELDS', 'METRIC_COLUMNS', 'RESULT_FILES', 'derived_seed', 'select_clients',
-           'draw_failures', 'LocalTraining', 'TrainInstruction', 'rejection_reason', 'log_rejection',
-           'LayerwiseStrategy', 'train_client', 'evaluate', 'macro_f1', 'config_errors', 'resolve_device', 'Federation',
-           'build_strategy', 'client_update_of', 'RoundPlan', 'plan_round', 'client_row', 'finish_round', 'run_round',
-           'strict_json', 'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
+__all__ = ['FIM_STRATEGIES', 'HELD_OUT_PER_CLIENT', 'METHOD_MODULES', 'PARAM_FIELDS', 'CLIENT_STATUSES', 'METRIC_COLUMNS',
+           'RESULT_FILES', 'derived_seed', 'select_clients', 'draw_failures', 'LocalTraining', 'TrainInstruction',
+           'rejection_reason', 'log_rejection', 'LayerwiseStrategy', 'train_client', 'evaluate', 'macro_f1',
+           'config_errors', 'resolve_device', 'Federation', 'build_strategy', 'client_update_of', 'RoundPlan',
+           'plan_round', 'client_row', 'Reply', 'InProcessRuntime', 'finish_round', 'run_round', 'strict_json',
+           'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -161,11 +163,9 @@ class LayerwiseStrategy:
 
     def aggregate_train(self, round:int, state:dict[str, torch.Tensor], updates:Sequence[ClientUpdate]
                        ) -> tuple[dict[str, torch.Tensor], dict]:
-        "Reject non-finite updates, average the rest layer by layer. Returns (new state, info)."
-        good = [u for u in updates if rejection_reason(u) is None]
-        rejected = [u.client for u in updates if u not in good]
-        new, counts = layerwise_average(state, good, self.weights)
-        return new, {'aggregated': [u.client for u in good], 'rejected': rejected, 'contributors': counts}
+        "Average the accepted updates layer by layer (the round has already refused non-finite ones): (new state, info)."
+        new, counts = layerwise_average(state, updates, self.weights)
+        return new, {'aggregated': [u.client for u in updates], 'contributors': counts}
 
     def state_dict(self) -> dict: return {'allocation': self.allocation.state_dict()}
     def load_state_dict(self, state:dict): self.allocation.load_state_dict(state['allocation']); return self
@@ -243,6 +243,7 @@ def macro_f1(y_true, y_pred, num_classes:int) -> float:
 
 # %% ../nbs/13_engine.ipynb #f658540f
 FIM_STRATEGIES = ('fedhello', 'fim')
+HELD_OUT_PER_CLIENT = 8    # validation rows each client of a HierFedLoRA run holds out (`held_out_rows`)
 # methods that are not a layer allocation live in their own modules, each with `build_strategy(fed)`
 METHOD_MODULES = {'hetlora': 'fedhello_nb.rank_methods', 'flexlora': 'fedhello_nb.rank_methods',
                   'flora': 'fedhello_nb.rank_methods', 'hierfedlora': 'fedhello_nb.hierfedlora'}
@@ -294,16 +295,20 @@ class Federation:
     plan: CapacityPlan
     strategy: object             # `LayerwiseStrategy`, or another method's strategy (see `build_strategy`)
     device: torch.device
+    train_rows: list = field(default_factory=list) # per client: the rows of `train_set` it trains on
+    val_rows: list = field(default_factory=list)   # per client: rows it holds out for validation (HierFedLoRA's reward)
 
     @property
     def num_blocks(self) -> int: return self.fm.num_blocks
 
     def client_indices(self, client:int) -> np.ndarray:
-        "Rows of `train_set` held by `client`."
-        return self.client_rows[self.partition.client_indices[client]]
+        "Rows of `train_set` that `client` trains on (its partition less the rows it holds out)."
+        return self.train_rows[client]
 
     @classmethod
-    def from_config(cls, config:ExperimentConfig|dict) -> 'Federation':
+    def from_config(cls, config:ExperimentConfig|dict,
+                    client:int|None=None   # build only what this client needs (a Flower SuperNode): None builds the server's
+                   ) -> 'Federation':
         "Load the model and data, take the proxy set, partition, plan capacities and build the strategy."
         cfg = config if isinstance(config, ExperimentConfig) else make_config(config)
         d, a, tr = cfg.data, cfg.allocation, cfg.train
@@ -319,7 +324,7 @@ class Federation:
         labels = np.asarray(task.train.labels)
         # the proxy rows leave the pool for every method, so that every strategy partitions the same rows
         with config_errors('proxy'): client_rows, proxy_rows = proxy_indices(labels, d.proxy_size, seed=tr.seed)
-        proxy_set = make(task.train.subset(proxy_rows)) if a.strategy in FIM_STRATEGIES else None
+        proxy_set = make(task.train.subset(proxy_rows)) if a.strategy in FIM_STRATEGIES and client is None else None
         p, c = cfg.partition, cfg.clients
         with config_errors('partition'):
             part = partition(labels[client_rows], c.num_clients, scheme=p.scheme, seed=p.seed, alpha=p.alpha,
@@ -327,7 +332,18 @@ class Federation:
                              quantity=p.quantity, exponent=p.exponent, label_names=task.label_names)
         with config_errors('plan'):
             plan = CapacityPlan(c.capacities, c.fractions, c.num_clients, c.membership, seed=tr.seed, num_layers=fm.num_blocks)
-        fed = cls(cfg, fm, task, make(task.train), make(task.test), proxy_set, part, client_rows, plan, None, device)
+        # HierFedLoRA's clients hold a few rows out for its per-group reward; every other method trains on all of them
+        holdout = HELD_OUT_PER_CLIENT if a.strategy in HIER_STRATEGIES else 0
+        train_rows, val_rows = held_out_rows([client_rows[i] for i in part.client_indices], holdout, seed=tr.seed)
+        if client is not None:
+            # a client tokenises only its own rows and builds neither the test set nor the strategy
+            k = check_int('client', client, ge=0, lt=c.num_clients)
+            mine = train_rows[k]
+            train_rows = [np.arange(len(mine)) if j == k else np.array([], int) for j in range(c.num_clients)]
+            return cls(cfg, fm, task, make(task.train.subset(mine)), None, None, part, client_rows, plan, None, device,
+                       train_rows, [np.array([], int)] * c.num_clients)
+        fed = cls(cfg, fm, task, make(task.train), make(task.test), proxy_set, part, client_rows, plan, None, device,
+                  train_rows, val_rows)
         fed.strategy = build_strategy(fed)
         return fed
 
@@ -351,7 +367,7 @@ def client_update_of(strategy) -> Callable:
     "The strategy's `client_update(fm, state, instruction, dataset, indices, device)`, else `train_client`."
     return getattr(strategy, 'client_update', train_client)
 
-# %% ../nbs/13_engine.ipynb #37ce00e6
+# %% ../nbs/13_engine.ipynb #eeb29573
 @dataclass
 class RoundPlan:
     "What the server decided at the start of a round, before any client trains."
@@ -363,7 +379,7 @@ class RoundPlan:
     started: float                          # `time.perf_counter()` at the start of the round
 
 def plan_round(fed:Federation, round:int, state:dict[str, torch.Tensor]) -> RoundPlan:
-    "Select the clients, allocate their blocks (FIM scores the current global model) and draw the failures."
+    "Select the clients, let the strategy configure them (FIM scores the current global model), draw the failures."
     cfg, t0 = fed.config, time.perf_counter()
     c, tr = cfg.clients, cfg.train
     clients = select_clients(c.num_clients, c.per_round, tr.seed, round)
@@ -372,25 +388,59 @@ def plan_round(fed:Federation, round:int, state:dict[str, torch.Tensor]) -> Roun
     failed = draw_failures(tr.seed, round, len(clients), c.failure_rate)
     return RoundPlan(round, clients, amap, instructions, failed, t0)
 
-def client_row(fed:Federation, ins:TrainInstruction, status:str, # 'ok', 'failed', 'idle' (or 'rejected' later)
-               steps:int=0, loss:float=float('nan'), seconds:float=0.0, **extra) -> dict:
-    "One row of the clients table."
+
+# %% ../nbs/13_engine.ipynb #4f06e3b1
+CLIENT_STATUSES = ('ok', 'idle', 'failed', 'rejected')
+
+def client_row(fed:Federation, ins:TrainInstruction,
+               status:str,            # one of `CLIENT_STATUSES`
+               steps:int=0, loss:float=float('nan'), seconds:float=0.0,
+               error:str='',          # why the client failed or was rejected ('' otherwise)
+               **extra) -> dict:
+    "One row of the clients table: the one schema of every runtime."
+    check_choice('status', status, CLIENT_STATUSES)
     return {'round': ins.round, 'client': ins.client, 'capacity': int(fed.plan.capacity_of(ins.client)),
             'blocks': ' '.join(map(str, ins.blocks)), 'num_blocks': len(ins.blocks),
             'shallowest': min(ins.blocks) if ins.blocks else -1, 'samples': len(fed.client_indices(ins.client)),
-            **({} if ins.rank is None else {'rank': ins.rank}), 'status': status, 'steps': steps, 'loss': loss, 'seconds': seconds, **extra}
+            **({} if ins.rank is None else {'rank': ins.rank}), 'status': status, 'steps': steps, 'loss': loss,
+            'seconds': seconds, 'error': error, **extra}
 
+
+# %% ../nbs/13_engine.ipynb #555eebf6
+@dataclass
+class Reply:
+    "What a runtime returns for one task: the client's update, or why there is none."
+    client: int                       # client id
+    update: ClientUpdate|None = None  # the update (status 'ok'; 'idle' may carry its empty update)
+    status: str = 'ok'                # 'ok', 'idle' (nothing to train), 'failed' (no reply), 'rejected' (malformed reply)
+    error: str = ''                   # why it failed or was rejected
+
+class InProcessRuntime:
+    "Carries out each task on this process's shared model, one after another: the default runtime."
+    def train(self, fed:Federation, round:int, # the federation and the round
+              tasks:Sequence[tuple[TrainInstruction, dict]] # (instruction, the global state it starts from)
+             ) -> list[Reply]:
+        "One `Reply` per task, in order, from the strategy's client update (`client_update_of`)."
+        update, out = client_update_of(fed.strategy), []
+        for ins, start in tasks:
+            u = update(fed.fm, start, ins, fed.train_set, fed.client_indices(ins.client), fed.device)
+            out.append(Reply(ins.client, u, 'idle' if u.metrics.get('idle') else 'ok'))
+        return out
+
+
+# %% ../nbs/13_engine.ipynb #728761d3
 def finish_round(fed:Federation, plan:RoundPlan, state:dict[str, torch.Tensor],
-                 updates:Sequence[ClientUpdate], # the replies that arrived
+                 updates:Sequence[ClientUpdate], # the accepted replies of the round
                  client_rows:list[dict]          # one row per selected client (`client_row`)
                 ) -> tuple[dict, dict, list[dict]]:
-    "Aggregate the replies and write the round's row: (new global state, round row, client rows)."
+    "Let the strategy aggregate and write the round's row: (new global state, round row, client rows)."
     new_state, info = fed.strategy.aggregate_train(plan.round, state, updates)
-    for u in updates:
-        if u.client in info['rejected']:
-            log_rejection(plan.round, u.client, rejection_reason(u) or 'refused by the strategy')
+    refused = set(info.get('rejected', []))
     for r in client_rows:
-        if r['client'] in info['rejected']: r['status'] = 'rejected'
+        r.update(info.get('clients', {}).get(r['client'], {}))     # the strategy's own client columns
+        if r['client'] in refused and r['status'] == 'ok':
+            log_rejection(plan.round, r['client'], 'refused by the strategy')
+            r.update(status='rejected', error='refused by the strategy')
     ok = [r for r in client_rows if r['status'] == 'ok']
     trainers = np.zeros(fed.num_blocks, dtype=int)
     for r in ok:
@@ -404,19 +454,45 @@ def finish_round(fed:Federation, plan:RoundPlan, state:dict[str, torch.Tensor],
                  'seconds': time.perf_counter() - plan.started}
     return new_state, round_row, client_rows
 
-def run_round(fed:Federation, round:int, state:dict[str, torch.Tensor]) -> tuple[dict, dict, list[dict]]:
-    "One in-process round: (new global state, round row, client rows). A strategy with its own `run_round` runs that instead."
-    if hasattr(fed.strategy, 'run_round'): return fed.strategy.run_round(fed, round, state)
-    update = client_update_of(fed.strategy)
+
+# %% ../nbs/13_engine.ipynb #9dfa484b
+def _merge_reply(fed:Federation, round:int, ins:TrainInstruction, r:Reply, rows:dict, losses:dict) -> ClientUpdate|None:
+    "Fold one reply into its client's row; the update if it is accepted, else None (the row says why)."
+    u, k = r.update, ins.client
+    m = u.metrics if u is not None else {}
+    row = rows.setdefault(k, client_row(fed, ins, 'ok'))
+    row['steps'] += int(m.get('steps', 0)); row['seconds'] += float(m.get('seconds', 0.0))
+    if r.status == 'ok': losses[k].append(float(m['loss']))
+    if r.status != 'ok' or row['status'] != 'ok':
+        if row['status'] == 'ok': row.update(status=r.status, error=r.error)
+        return None
+    reason = rejection_reason(u)
+    if reason is not None:
+        log_rejection(round, k, reason)
+        row.update(status='rejected', error=reason)
+        return None
+    return u
+
+def run_round(fed:Federation, round:int, state:dict[str, torch.Tensor],
+              runtime=None                 # who trains: `InProcessRuntime()` (default) or the Flower chapter's `FlowerRuntime`
+             ) -> tuple[dict, dict, list[dict]]:
+    "One round of any strategy on any runtime: (new global state, round row, client rows)."
+    runtime = runtime or InProcessRuntime()
     plan = plan_round(fed, round, state)
-    updates, rows = [], []
+    rows, losses, tasks, accepted = {}, defaultdict(list), [], []
     for ins, failed in zip(plan.instructions, plan.failed):
-        if failed: rows.append(client_row(fed, ins, 'failed')); continue
-        u = update(fed.fm, state, ins, fed.train_set, fed.client_indices(ins.client), fed.device)
-        if u.metrics.get('idle'): rows.append(client_row(fed, ins, 'idle')); continue
-        updates.append(u)
-        rows.append(client_row(fed, ins, 'ok', u.metrics['steps'], u.metrics['loss'], u.metrics['seconds']))
-    return finish_round(fed, plan, state, updates, rows)
+        if failed: rows[ins.client] = client_row(fed, ins, 'failed', error='simulated failure (clients.failure_rate)')
+        elif ins.idle: rows[ins.client] = client_row(fed, ins, 'idle')
+        else: tasks.append((ins, state))
+    more = getattr(fed.strategy, 'continue_train', None)
+    while tasks:
+        good = [u for (ins, _), r in zip(tasks, runtime.train(fed, round, tasks))
+                if (u := _merge_reply(fed, round, ins, r, rows, losses)) is not None]
+        accepted += good
+        tasks = list(more(round, state, good)) if more is not None else []
+    for k, ls in losses.items(): rows[k]['loss'] = float(np.mean(ls))
+    return finish_round(fed, plan, state, accepted, [rows[k] for k in plan.clients])
+
 
 # %% ../nbs/13_engine.ipynb #36a98c1d
 METRIC_COLUMNS = ('accuracy', 'macro_f1', 'eval_loss')
@@ -489,7 +565,7 @@ def _progress(total:int, initial:int, quiet:bool, desc:str):
 
 def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a dict is validated into one)
                    on_round_end:Callable[[dict], None]|None=None, # called with each round's row (e.g. live plots)
-                   round_fn:Callable|None=None,           # `round_fn(fed, t, state)` -> like `run_round` (default); Flower's round
+                   runtime=None,                          # who trains the clients: `InProcessRuntime()` (default), Flower's `FlowerRuntime`
                    setup:Callable|None=None,              # `setup(fed)` after building the federation; may return summary fields
                    **overrides                            # dotted overrides, e.g. `train__rounds=3`
                   ) -> RunResult:
@@ -502,7 +578,7 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
     with discard_on_failure(run_dir, enabled=not resuming) as keep:
         prepare_run_dir(run_dir, cfg.to_dict(), cfg.output.resume)
         extra = (setup(fed) if setup is not None else None) or {}
-        res, seconds = _run_rounds(fed, run_dir, resuming, round_fn or run_round, on_round_end, keep)
+        res, seconds = _run_rounds(fed, run_dir, resuming, runtime or InProcessRuntime(), on_round_end, keep)
     _save_png(res.plot_metric(), run_dir/'metric.png')
     _save_png(res.plot_trainers(), run_dir/'trainers.png')
     ev = res.rounds.dropna(subset=['accuracy'])
@@ -525,7 +601,7 @@ def _check_resumable(run_dir:Path):
 
 def _run_rounds(fed:Federation, run_dir:Path,
                 resuming:bool,          # continue from the newest checkpoint, if there is one
-                round_fn:Callable,      # `round_fn(fed, t, state)`, like `run_round`
+                runtime,                # carries out the clients' tasks (`InProcessRuntime`, `FlowerRuntime`)
                 on_round_end,           # called with each round's row, or None
                 keep:Callable           # from `discard_on_failure`: called once a round's tables are written
                ) -> tuple[RunResult, float]:
@@ -542,7 +618,7 @@ def _run_rounds(fed:Federation, run_dir:Path,
     bar = _progress(tr.rounds, start, out.quiet, cfg.name)
     t_run = time.perf_counter()
     for t in range(start, tr.rounds):
-        state, row, crow = round_fn(fed, t, state)
+        state, row, crow = run_round(fed, t, state, runtime)
         if (t + 1) % cfg.eval.every == 0 or t + 1 == tr.rounds:
             fed.fm.load_state(state)
             m = evaluate(fed.fm, fed.test_set, cfg.eval.batch_size, fed.device)
@@ -550,6 +626,7 @@ def _run_rounds(fed:Federation, run_dir:Path,
         else: row.update(accuracy=float('nan'), macro_f1=float('nan'), eval_loss=float('nan'))
         rounds.append(row); clients.extend(crow)
         _write_tables(run_dir, rounds, clients, out.format)
+        _write_strategy_results(fed.strategy, run_dir, out.format)
         keep()
         if out.checkpoint_every and ((t + 1) % out.checkpoint_every == 0 or t + 1 == tr.rounds):
             save_checkpoint(run_dir, t + 1, state, {'strategy': fed.strategy.state_dict(), 'rng': rng_state(),
@@ -564,3 +641,9 @@ def _run_rounds(fed:Federation, run_dir:Path,
 def _write_tables(run_dir:Path, rounds:list, clients:list, fmt:str):
     write_table(pd.DataFrame(rounds), run_dir/'rounds', fmt)
     write_table(pd.DataFrame(clients), run_dir/'clients', fmt)
+
+def _write_strategy_results(strategy, run_dir:Path, fmt:str):
+    "A strategy's own results (`results()`: name -> table, or a JSON-able dict), written beside the run's tables."
+    for name, obj in (strategy.results() if hasattr(strategy, 'results') else {}).items():
+        if isinstance(obj, pd.DataFrame): write_table(obj, run_dir/name, fmt)
+        else: atomic_write_text(run_dir/f'{name}.json', json.dumps(strict_json(obj), indent=2))

@@ -13,21 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 from .validate import FedHelloError, check, check_int, check_number
-from .config import ExperimentConfig, make_config, load_config, parse_override, config_from_json, STRATEGIES
+from .config import ExperimentConfig, make_config, load_config, parse_override, config_from_json, RANK_STRATEGIES
 # torch, pandas and the engine are imported where they are used: Flower starts a fresh ClientApp process for
 # every message, and the node's `query` answer needs none of them (2 s instead of 10 s per process) unless the node
 # declares a memory budget
 
 # %% auto #0
-__all__ = ['FLOWER_STRATEGIES', 'SERVER_KEYS', 'APP_PYPROJECT', 'state_to_arrays', 'arrays_to_state', 'NodeSpec', 'node_spec',
-           'budget_capacity', 'plan_with_capacities', 'ServerOptions', 'experiment_from_run_config', 'node_federation',
-           'node_info', 'node_query', 'node_train', 'NodeMap', 'discover_nodes', 'parse_reply', 'flower_round',
-           'run_flower', 'make_apps', 'write_app', 'free_port', 'LocalDeployment']
+__all__ = ['SERVER_KEYS', 'APP_PYPROJECT', 'state_to_arrays', 'arrays_to_state', 'NodeSpec', 'node_spec', 'budget_capacity',
+           'plan_with_capacities', 'ServerOptions', 'experiment_from_run_config', 'node_federation',
+           'node_client_update', 'node_info', 'node_query', 'node_train', 'NodeMap', 'discover_nodes', 'parse_reply',
+           'FlowerRuntime', 'run_flower', 'make_apps', 'write_app', 'free_port', 'LocalDeployment']
 
 # %% ../nbs/30_flower.ipynb #22dbc904
 _log = logging.getLogger('fedhello_nb.flower')
-# the strategies whose round is the engine's (`run_round` / `flower_round`)
-FLOWER_STRATEGIES = STRATEGIES + ('hetlora', 'flexlora')
 
 def _flwr():
     "The `flwr` package, or a clear error when the `flower` extra is not installed."
@@ -155,16 +153,27 @@ def experiment_from_run_config(run_config:dict # `context.run_config` of the Ser
     return cfg, opts
 
 # %% ../nbs/30_flower.ipynb #b577d82d
-_NODE_CACHE: dict = {}    # experiment JSON -> Federation
+_NODE_CACHE: dict = {}    # (experiment JSON, client) -> Federation
 
-def node_federation(experiment_json:str # the resolved experiment configuration, as JSON (sent by the server)
+def node_federation(experiment_json:str, # the resolved experiment configuration, as JSON (sent by the server)
+                    client:int           # the client this node plays (its `partition-id`)
                    ):
-    "The engine's `Federation` for this configuration, built once per process."
+    "What this node's client needs (`Federation.from_config(..., client=k)`: the model, its own rows), built once per process."
     from fedhello_nb.engine import Federation
-    if experiment_json not in _NODE_CACHE:
+    key = (experiment_json, int(client))
+    if key not in _NODE_CACHE:
         _NODE_CACHE.clear()                      # one run at a time: free the previous model
-        _NODE_CACHE[experiment_json] = Federation.from_config(config_from_json(experiment_json))
-    return _NODE_CACHE[experiment_json]
+        _NODE_CACHE[key] = Federation.from_config(config_from_json(experiment_json), client=int(client))
+    return _NODE_CACHE[key]
+
+def node_client_update(config:ExperimentConfig # the experiment
+                      ):
+    "The client update the experiment's strategy asks for, without building the strategy: `train_client`, or a rank method's."
+    if config.allocation.strategy in RANK_STRATEGIES:
+        from fedhello_nb.rank_methods import method_from_config, rank_client_update
+        return rank_client_update(method_from_config(config))
+    from fedhello_nb.engine import train_client
+    return train_client
 
 def _refuse(msg, where:str, err:Exception):
     "Log a refusal on the node and turn it into an error reply for the server."
@@ -182,7 +191,7 @@ def node_info(node_config:dict, # `context.node_config` of the SuperNode
     if spec.memory_budget:
         check('experiment' in query, 'query.experiment', None,
               'expected the server to send the experiment (the same fedhello_nb version on the server and the nodes)')
-        fed = node_federation(str(query['experiment']))
+        fed = node_federation(str(query['experiment']), spec.partition_id)
         cap = budget_capacity(fed.fm, fed.config, spec.memory_budget)
     return {'partition-id': spec.partition_id, 'capacity': cap, 'memory-budget': float(spec.memory_budget or 0)}
 
@@ -194,9 +203,9 @@ def node_query(msg, context):
     return Message(RecordDict({'node': ConfigRecord(info)}), reply_to=msg)
 
 def node_train(msg, context):
-    "ClientApp `train`: run `train_client` on exactly the allocated blocks; reply with the deltas and the sample count."
+    "ClientApp `train`: carry out the instruction on exactly the given blocks; reply with the deltas and the sample count."
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-    from fedhello_nb.engine import TrainInstruction, client_update_of
+    from fedhello_nb.engine import TrainInstruction
     c = msg.content['fedhello']
     try:
         cfg = config_from_json(str(c['experiment']))
@@ -205,12 +214,16 @@ def node_train(msg, context):
         check(ins.client == spec.partition_id, 'instruction.client', ins.client,
               f'expected this node\'s partition-id ({spec.partition_id})')
     except FedHelloError as e: return _refuse(msg, 'train', e)
-    fed = node_federation(str(c['experiment']))
+    fed = node_federation(str(c['experiment']), spec.partition_id)
     state = arrays_to_state(msg.content['global'], like=fed.fm.state())
-    u = client_update_of(fed.strategy)(fed.fm, state, ins, fed.train_set, fed.client_indices(spec.partition_id), fed.device)
+    if 'base' in msg.content.keys():           # FLoRA: the base weights the server has merged into
+        from fedhello_nb.rank_methods import load_base_weights
+        load_base_weights(fed.fm, arrays_to_state(msg.content['base']), 'message.base')
+    u = node_client_update(cfg)(fed.fm, state, ins, fed.train_set, fed.client_indices(spec.partition_id), fed.device)
     m = {'num-examples': int(u.num_samples), 'loss': float(u.metrics['loss']), 'steps': int(u.metrics['steps']),
-         'seconds': float(u.metrics['seconds']), 'client': int(u.client)}
+         'seconds': float(u.metrics['seconds']), 'client': int(u.client), 'idle': int(bool(u.metrics.get('idle')))}
     return Message(RecordDict({'delta': state_to_arrays(u.delta), 'metrics': MetricRecord(m)}), reply_to=msg)
+
 
 # %% ../nbs/30_flower.ipynb #2c8c4d5a
 @dataclass
@@ -284,74 +297,71 @@ def parse_reply(content,                 # the reply's `RecordDict`
     return delta, int(n), m
 
 # %% ../nbs/30_flower.ipynb #6016da59
-def flower_round(grid,                          # the ServerApp's `Grid`
-                 fed,                           # built from the experiment configuration
-                 round:int,                     # t
-                 state:dict, # global LoRA + head tensors
-                 nodes:NodeMap,                 # client -> node
-                 reply_timeout:float=600.0      # seconds to wait for the replies
-                ) -> tuple[dict, dict, list[dict]]:
-    "One round over Flower: (new global state, round row, client rows) with the engine's columns (+ `error`)."
-    from flwr.app import Message
-    from fedhello_nb.aggregate import ClientUpdate
-    from fedhello_nb.engine import plan_round, client_row, finish_round
-    from fedhello_nb.engine import log_rejection
-    plan = plan_round(fed, round, state)           # the engine's selection, allocation and failures
-    exp_json, arrays = fed.config.to_json(indent=None), state_to_arrays(state)
-    connected = set(grid.get_node_ids())           # refreshed every round: a node that has gone is known at once
-    rows, msgs, by_node = {}, [], {}
-    for ins, failed in zip(plan.instructions, plan.failed):
-        k = ins.client
-        if failed: rows[k] = client_row(fed, ins, 'failed', error='simulated failure (clients.failure_rate)')
-        elif ins.idle: rows[k] = client_row(fed, ins, 'idle', error='')
-        elif k not in nodes.nodes: rows[k] = client_row(fed, ins, 'failed', error='no SuperNode for this partition-id')
-        elif nodes.nodes[k] not in connected:
-            rows[k] = client_row(fed, ins, 'failed', error=f'unavailable: its SuperNode (node {nodes.nodes[k]}) is no longer connected')
-        else:
-            rows[k] = client_row(fed, ins, 'failed', error='')   # until its reply arrives
-            content = _record(fedhello={'experiment': exp_json, 'num-blocks': fed.num_blocks}, instruction=ins.to_config())
-            content['global'] = arrays
-            msgs.append(Message(content, dst_node_id=nodes.nodes[k], message_type='train', group_id=str(round)))
-            by_node[nodes.nodes[k]] = k
-    replies = list(grid.send_and_receive(msgs, timeout=reply_timeout)) if msgs else []
-    updates, answered = [], set()
-    instruction_of, expected = dict(zip(plan.clients, plan.instructions)), {None: state}
-    for r in replies:
-        k = by_node.get(r.metadata.src_node_id)
-        if k is None or k in answered: continue
-        answered.add(k)
-        if r.has_error(): rows[k]['error'] = f'node error: {r.error.reason}'; continue
-        ins = instruction_of[k]
-        allowed = {n for b in ins.blocks for n in fed.fm.block_params[b]} | (set(fed.fm.head_params) if ins.train_head else set())
-        # a rank method's client replies at its rank: A cut to r_k rows, B to r_k columns (one cut per rank a round)
-        if ins.rank not in expected:
-            from fedhello_nb.rank_methods import cut_to_rank
-            expected[ins.rank] = cut_to_rank(state, ins.rank)
-        try: delta, n, m = parse_reply(r.content, expected[ins.rank], allowed)
-        except FedHelloError as e:
-            log_rejection(round, k, f'malformed reply: {e}')
-            rows[k].update(status='rejected', error=f'malformed reply: {e}'); continue
-        # the rank the server asked for: a rank method aggregates each reply at its client's rank
-        rank = {} if ins.rank is None else {'rank': ins.rank}
-        updates.append(ClientUpdate(k, delta, n, {'loss': float(m['loss']), 'steps': int(m['steps']), **rank}))
-        rows[k].update(status='ok', steps=int(m['steps']), loss=float(m['loss']), seconds=float(m['seconds']))
-    for k in by_node.values():
-        if k not in answered: rows[k]['error'] = f'no reply within {reply_timeout:g} s'
-    return finish_round(fed, plan, state, updates, [rows[k] for k in plan.clients])
+class FlowerRuntime:
+    "Carries out a round's tasks on SuperNodes: one `train` message per task, every reply checked by `parse_reply`."
+    def __init__(self, grid,                      # the ServerApp's `Grid`
+                 nodes:NodeMap|None=None,         # client -> node (`discover_nodes`; set before the first round)
+                 reply_timeout:float=600.0        # seconds to wait for an exchange's replies
+                ):
+        self.grid, self.nodes, self.reply_timeout = grid, nodes, reply_timeout
+
+    def train(self, fed, round:int, tasks) -> list:
+        "One engine `Reply` per task `(instruction, start state)`, in order: `ok`, `idle`, `failed` or `rejected`, with the reason."
+        from flwr.app import Message
+        from fedhello_nb.aggregate import ClientUpdate
+        from fedhello_nb.engine import Reply
+        nodes = self.nodes or NodeMap()
+        connected = set(self.grid.get_node_ids())          # read every exchange: a node that has gone is known at once
+        head = {'experiment': fed.config.to_json(indent=None), 'num-blocks': fed.num_blocks}
+        extra = getattr(fed.strategy, 'broadcast', dict)()  # e.g. FLoRA's merged base weights
+        base = state_to_arrays(extra) if extra else None
+        out, msgs, by_node, arrays = {}, [], {}, {}
+        for ins, start in tasks:
+            k = ins.client
+            if k not in nodes.nodes: out[k] = Reply(k, status='failed', error='no SuperNode for this partition-id'); continue
+            n = nodes.nodes[k]
+            if n not in connected:
+                out[k] = Reply(k, status='failed', error=f'unavailable: its SuperNode (node {n}) is no longer connected'); continue
+            if id(start) not in arrays: arrays[id(start)] = state_to_arrays(start)   # one encoding per distinct state
+            content = _record(fedhello=head, instruction=ins.to_config())
+            content['global'] = arrays[id(start)]
+            if base is not None: content['base'] = base
+            msgs.append(Message(content, dst_node_id=n, message_type='train', group_id=str(round)))
+            by_node[n] = (ins, start)
+        replies = list(self.grid.send_and_receive(msgs, timeout=self.reply_timeout)) if msgs else []
+        expected = {}
+        for r in replies:
+            ins, start = by_node.get(r.metadata.src_node_id, (None, None))
+            if ins is None or ins.client in out: continue
+            k = ins.client
+            if r.has_error(): out[k] = Reply(k, status='failed', error=f'node error: {r.error.reason}'); continue
+            allowed = {p for b in ins.blocks for p in fed.fm.block_params[b]} | (set(fed.fm.head_params) if ins.train_head else set())
+            # a rank method's client replies at its rank: A cut to r_k rows, B to r_k columns (one cut per state and rank)
+            if (id(start), ins.rank) not in expected:
+                from fedhello_nb.rank_methods import cut_to_rank
+                expected[id(start), ins.rank] = start if ins.rank is None else cut_to_rank(start, ins.rank)
+            try: delta, num, m = parse_reply(r.content, expected[id(start), ins.rank], allowed)
+            except FedHelloError as e: out[k] = Reply(k, status='rejected', error=f'malformed reply: {e}'); continue
+            rank = {} if ins.rank is None else {'rank': ins.rank}
+            u = ClientUpdate(k, delta, num, {'loss': float(m['loss']), 'steps': int(m['steps']),
+                                             'seconds': float(m['seconds']), **rank})
+            out[k] = Reply(k, u, 'idle' if m.get('idle') else 'ok')
+        for ins, _ in tasks:
+            if ins.client not in out: out[ins.client] = Reply(ins.client, status='failed', error=f'no reply within {self.reply_timeout:g} s')
+        return [out[ins.client] for ins, _ in tasks]
+
 
 # %% ../nbs/30_flower.ipynb #c1648b98
 def run_flower(grid,                              # the ServerApp's `Grid`
                config:ExperimentConfig|dict,      # the experiment
                options:ServerOptions|None=None    # waiting for nodes and replies
               ):
-    "Discover the nodes, run `train.rounds` Flower rounds with evaluation, tables and checkpoints; returns a `RunResult`."
+    "Discover the nodes, run `train.rounds` rounds of the engine's round on a `FlowerRuntime`; returns a `RunResult`."
     from fedhello_nb.engine import build_strategy, run_experiment
     from fedhello_nb.runio import write_table
     cfg = make_config(config)
     opts = options or ServerOptions()
-    check(cfg.allocation.strategy in FLOWER_STRATEGIES, 'allocation.strategy', cfg.allocation.strategy,
-          'expected a strategy that runs on Flower (' + ', '.join(FLOWER_STRATEGIES) + ')')
-    found = {}
+    runtime = FlowerRuntime(grid, reply_timeout=opts.reply_timeout)
     def setup(fed):
         "Map nodes to clients, give the plan the capacities the nodes declared, and write nodes.csv."
         nodes = discover_nodes(grid, cfg.clients.num_clients, fed.num_blocks, opts.min_nodes, opts.node_wait,
@@ -360,12 +370,12 @@ def run_flower(grid,                              # the ServerApp's `Grid`
         fed.strategy = build_strategy(fed)
         write_table(nodes.table(fed.plan), Path(cfg.output.dir)/'nodes', cfg.output.format)
         check(len(nodes.nodes) > 0, 'nodes', sorted(nodes.refused.items()), 'expected at least one SuperNode with a valid node configuration')
-        found['nodes'] = nodes
+        runtime.nodes = nodes
         return {'runtime': 'flower', 'nodes': {str(k): str(n) for k, n in nodes.nodes.items()},
                 'refused': {str(n): r for n, r in nodes.refused.items()}}
     def log(row): _log.info('round %d: %s replied of %s selected, accuracy %s', row['round'], row['replied'], row['selected'], row['accuracy'])
-    return run_experiment(cfg, on_round_end=log, setup=setup,
-                          round_fn=lambda fed, t, state: flower_round(grid, fed, t, state, found['nodes'], opts.reply_timeout))
+    return run_experiment(cfg, on_round_end=log, setup=setup, runtime=runtime)
+
 
 # %% ../nbs/30_flower.ipynb #08087c82
 def make_apps():

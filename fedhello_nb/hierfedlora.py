@@ -6,29 +6,28 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/hierfedlora.html.md"""
 
 # %% ../nbs/15_hierfedlora.ipynb #962c367d
 from __future__ import annotations
-import json, math, time
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field, asdict
-from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from .validate import FedHelloError, check, check_int, check_number, check_choice
-from .allocation import CapacityPlan
+from .allocation import AllocationMap, CapacityPlan
 from .aggregate import ClientUpdate, client_weight, layerwise_average
 from .data import make_loader
 from .grouping import Grouping, group_clients, random_groups
 from .rucb import Arm, make_arms, RoundTimeModel, GroupBandits, plot_arms
-from .engine import (LocalTraining, TrainInstruction, train_client, select_clients, draw_failures, derived_seed,
-                                rejection_reason, log_rejection)
-from .runio import write_table, atomic_write_text, stream_rng
+from .engine import LocalTraining, TrainInstruction, derived_seed
+
 
 # %% auto #0
 __all__ = ['TIME_SOURCES', 'GROUP_COLUMNS', 'client_speeds', 'linear_step_seconds', 'flops_step_seconds', 'SimulatedClock',
-           'held_out_rows', 'aggregate_groups', 'mean_loss', 'HierFedLoRA', 'default_depths', 'simulated_clock',
-           'build_strategy', 'time_to_target', 'compare_runs']
+           'aggregate_groups', 'mean_loss', 'state_loss', 'GroupRound', 'HierFedLoRA', 'default_depths',
+           'simulated_clock', 'build_strategy', 'time_to_target', 'compare_runs']
 
 # %% ../nbs/15_hierfedlora.ipynb #2b86aea4
 def client_speeds(plan:CapacityPlan,                # each client's capacity class
@@ -128,22 +127,6 @@ class SimulatedClock:
     @classmethod
     def from_dict(cls, d:dict) -> 'SimulatedClock': return cls(**d)
 
-# %% ../nbs/15_hierfedlora.ipynb #48e0f38c
-def held_out_rows(client_rows:Sequence[np.ndarray], # each client's rows of the training set
-                  per_client:int=8,                 # rows each client holds out (at most a fifth of its rows)
-                  seed:int=0                        # seed of the choice
-                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    "Per client: (training rows, held-out validation rows), disjoint, seeded."
-    per_client = check_int('per_client', per_client, ge=0)
-    train, val = [], []
-    for k, rows in enumerate(client_rows):
-        rows = np.asarray(rows)
-        n = min(per_client, len(rows) // 5)
-        pick = np.sort(stream_rng(seed, 'holdout', k).choice(len(rows), n, replace=False)) if n else np.array([], int)
-        mask = np.zeros(len(rows), bool); mask[pick] = True
-        train.append(rows[~mask]); val.append(rows[mask])
-    return train, val
-
 # %% ../nbs/15_hierfedlora.ipynb #43bb92c9
 def aggregate_groups(state:dict[str, torch.Tensor], # the global tensors at the start of the round
                      group_states:Sequence[dict],   # each group's tensors after its intra-group rounds
@@ -177,12 +160,42 @@ def mean_loss(fm,                     # the `FedLoraModel` (holding the state to
         total += F.cross_entropy(model(**batch).logits, y, reduction='sum').item(); n += len(y)
     return total / n
 
+# %% ../nbs/15_hierfedlora.ipynb #3a0a26b1
+def state_loss(fed # the `Federation`: its model, training set (the held-out rows are in it), device, eval batch size
+              ) -> Callable[[dict, np.ndarray], float]:
+    "`loss(state, rows)`: the mean loss of the global tensors `state` on `rows` of the training set (`mean_loss`)."
+    def loss(state:dict, rows:np.ndarray) -> float:
+        fed.fm.load_state(state)
+        return mean_loss(fed.fm, fed.train_set, rows, fed.config.eval.batch_size, fed.device)
+    return loss
+
+
 # %% ../nbs/15_hierfedlora.ipynb #5ad2a019
 GROUP_COLUMNS = ['round', 'group', 'selected', 'replied', 'clients', 'depth', 'tau', 'sim_seconds',
                  'val_loss_before', 'val_loss_after', 'gain', 'reward']
 
+@dataclass
+class GroupRound:
+    "One group's progress through the intra-group exchanges of a round."
+    members: list[int]                 # the group's selected clients, in selection order
+    arm: Arm                           # the (depth, tau) its bandit chose for this round
+    state: dict|None = None            # the group's model after its last exchange (None: nothing trained yet)
+    exchanges: int = 0                 # intra-group rounds done
+    active: list[int] = field(default_factory=list)   # members still training (not failed, not rejected)
+    trained: dict = field(default_factory=dict)       # client -> names of the tensors it trained
+    weight: dict = field(default_factory=dict)        # client -> its intra-group weight
+    sim: float = 0.0                   # simulated seconds so far: per exchange, its slowest client's
+    client_sim: dict = field(default_factory=dict)    # client -> its simulated seconds so far
+
+    def coverage(self) -> dict[str, float]:
+        "Tensor name -> weight of the clients that trained it in at least one exchange, each counted once."
+        cover = defaultdict(float)
+        for k, names in self.trained.items():
+            for name in names: cover[name] += self.weight[k]
+        return dict(cover)
+
 class HierFedLoRA:
-    "HierFedLoRA's round for the engine: per-group arms, tau intra-group averages, layer-wise average over groups."
+    "HierFedLoRA as a strategy of the engine's round: per-group arms, tau intra-group exchanges, layer-wise average over groups."
     def __init__(self,
                  grouping:Grouping,             # the near-IID groups (client ids)
                  bandits:GroupBandits,          # one R-UCB per group, in the same order
@@ -191,19 +204,21 @@ class HierFedLoRA:
                  capacities:Sequence[int],      # capacity of each client id: it trains at most this many blocks
                  train_rows:Sequence,           # each client's training rows of the training set
                  val_rows:Sequence,             # each client's held-out validation rows
+                 val_loss:Callable[[dict, np.ndarray], float], # mean loss of a global state on rows (`state_loss`)
                  weights:str='data',            # intra-group weights: 'data' (n_k) or 'uniform'
                  train_head:bool=True,          # train and average the head (False: it stays at its initial value)
-                 seed:int=0,                    # seeds the clients' batches and dropout
-                 eval_batch_size:int=64         # batch size of the validation losses
+                 seed:int=0                     # seeds the clients' batches and dropout
                 ):
         check(len(bandits) == grouping.num_groups, 'bandits', len(bandits), f'expected one per group ({grouping.num_groups})')
-        self.grouping, self.bandits, self.clock, self.local = grouping, bandits, clock, local
+        self.grouping, self.bandits, self.clock, self.local, self.val_loss = grouping, bandits, clock, local, val_loss
         self.capacities = [int(c) for c in capacities]
         self.train_rows, self.val_rows = [np.asarray(r) for r in train_rows], [np.asarray(r) for r in val_rows]
         self.weights = check_choice('weights', weights, ('data', 'uniform'))
-        self.train_head, self.seed, self.eval_batch_size = bool(train_head), seed, eval_batch_size
+        self.train_head, self.seed = bool(train_head), seed
         self.group_of = grouping.assignment()
         self.sim_time, self.rows = 0.0, []
+        self.progress: dict[int, GroupRound] = {}   # this round's groups (empty between rounds)
+        self.pending: set[int] = set()              # groups with tasks in the exchange under way
 
     @property
     def history(self) -> pd.DataFrame:
@@ -229,111 +244,99 @@ class HierFedLoRA:
         self.sim_time, self.rows = float(state['sim_time']), [dict(r) for r in state['rows']]
         return self
 
-# %% ../nbs/15_hierfedlora.ipynb #8895928a
-def _train_group(self:HierFedLoRA, fed, round:int, state:dict, g:int, members:list, failed:set, arm:Arm):
-    "Run group g's tau intra-group rounds. Returns (group state, coverage, client rows, simulated seconds)."
-    L = fed.num_blocks
-    depth = {k: min(arm.depth, self.capacities[k]) for k in members}
-    acc = {k: {'steps': 0, 'losses': [], 'seconds': 0.0, 'sim': 0.0, 'status': 'failed' if k in failed else 'ok'}
-           for k in members}
-    gstate, trained, weight, sim = state, {}, {}, 0.0
-    for j in range(arm.tau):
-        updates, times = [], []
-        for k in members:
-            if acc[k]['status'] != 'ok': continue
-            blocks = list(range(L - depth[k], L))
-            ins = TrainInstruction(k, round, blocks, self.train_head, self.local, derived_seed(self.seed, round, k, 1, j))
-            u = train_client(fed.fm, gstate, ins, fed.train_set, self.train_rows[k], fed.device)
-            a = acc[k]
-            a['steps'] += u.metrics['steps']; a['losses'].append(u.metrics['loss']); a['seconds'] += u.metrics['seconds']
-            reason = rejection_reason(u)
-            if reason is not None: a['status'] = 'rejected'; log_rejection(round, k, reason); continue
-            t = self.clock.client_seconds(k, depth[k], depth[k], u.metrics['steps'])
-            a['sim'] += t; times.append(t); updates.append(u)
-            trained[k], weight[k] = set(u.delta), client_weight(u, self.weights)
-        if updates: gstate, _ = layerwise_average(gstate, updates, self.weights)
-        sim += max(times, default=0.0)
-    rows = [{'round': round, 'client': k, 'capacity': self.capacities[k],
-             'blocks': ' '.join(map(str, range(L - depth[k], L))), 'num_blocks': depth[k], 'shallowest': L - depth[k],
-             'samples': len(self.train_rows[k]), 'status': a['status'], 'steps': a['steps'],
-             'loss': float(np.mean(a['losses'])) if a['losses'] else float('nan'), 'seconds': a['seconds'],
-             'group': g, 'depth': arm.depth, 'tau': arm.tau, 'sim_seconds': a['sim']} for k, a in acc.items()]
-    # a tensor's weight: the clients that trained it in at least one intra-group round, each counted once
-    cover = defaultdict(float)
-    for k, names in trained.items():
-        for name in names: cover[name] += weight[k]
-    return gstate, dict(cover), rows, sim
 
-HierFedLoRA._train_group = _train_group
+# %% ../nbs/15_hierfedlora.ipynb #4f834ca7
+@patch
+def instruction(self:HierFedLoRA, round:int, client:int, arm:Arm, exchange:int) -> TrainInstruction:
+    "What `client` trains in intra-group round `exchange` of `round` under `arm`: its top min(d, c_k) blocks."
+    L = self.clock.num_layers
+    depth = min(arm.depth, self.capacities[client])
+    return TrainInstruction(int(client), round, list(range(L - depth, L)), self.train_head, self.local,
+                            derived_seed(self.seed, round, int(client), 1, exchange))
 
-# %% ../nbs/15_hierfedlora.ipynb #248bcae4
-def _run_round(self:HierFedLoRA, fed, round:int, state:dict) -> tuple[dict, dict, list[dict]]:
-    "One global round: (new global state, round row, client rows), like the engine's `run_round`."
-    cfg, t0 = fed.config, time.perf_counter()
-    c, tr = cfg.clients, cfg.train
-    L = fed.num_blocks
-    selected = select_clients(c.num_clients, c.per_round, tr.seed, round)
-    fails = draw_failures(tr.seed, round, len(selected), c.failure_rate)
-    failed = {k for k, f in zip(selected, fails) if f}
+@patch
+def configure_train(self:HierFedLoRA, round:int, clients:Sequence[int], context=None) -> tuple[AllocationMap, list[TrainInstruction]]:
+    "Each group's arm for this round, and every selected client's first intra-group instruction (in `clients` order)."
     by_group = defaultdict(list)
-    for k in selected: by_group[self.group_of[k]].append(k)
-    group_states, coverage, client_rows, grows = [], [], [], []
-    for g in sorted(by_group):
-        members = by_group[g]
-        arm = self.bandits[g].select(round)
+    for k in clients: by_group[self.group_of[int(k)]].append(int(k))
+    self.progress = {g: GroupRound(by_group[g], self.bandits[g].select(round)) for g in sorted(by_group)}
+    self.pending = set(self.progress)
+    arm_of = {k: p.arm for p in self.progress.values() for k in p.members}
+    instr = [self.instruction(round, k, arm_of[int(k)], 0) for k in clients]
+    mask = np.zeros((len(clients), self.clock.num_layers), bool)
+    for i, ins in enumerate(instr): mask[i, ins.blocks] = True
+    return AllocationMap(list(map(int, clients)), mask, {'strategy': 'hierfedlora', 'phase': 'hierfedlora'}), instr
+
+
+# %% ../nbs/15_hierfedlora.ipynb #46e7f782
+@patch
+def continue_train(self:HierFedLoRA, round:int, state:dict[str, torch.Tensor], accepted:Sequence[ClientUpdate]
+                  ) -> list[tuple[TrainInstruction, dict]]:
+    "Fold an exchange's accepted updates into the groups' models; the next intra-group round's tasks (none: done)."
+    by_client, tasks, pending = {u.client: u for u in accepted}, [], set()
+    for g in sorted(self.pending):
+        p = self.progress[g]
+        if p.state is None: p.state = state
+        p.active = [k for k in (p.members if p.exchanges == 0 else p.active) if k in by_client]
+        updates = [by_client[k] for k in p.active]
+        times = []
+        for u in updates:
+            depth = min(p.arm.depth, self.capacities[u.client])
+            t = self.clock.client_seconds(u.client, depth, depth, u.metrics['steps'])
+            p.client_sim[u.client] = p.client_sim.get(u.client, 0.0) + t; times.append(t)
+            p.trained[u.client], p.weight[u.client] = set(u.delta), client_weight(u, self.weights)
+        if updates: p.state, _ = layerwise_average(p.state, updates, self.weights)
+        p.sim += max(times, default=0.0)
+        p.exchanges += 1
+        if p.exchanges < p.arm.tau and p.active:
+            tasks += [(self.instruction(round, k, p.arm, p.exchanges), p.state) for k in p.active]
+            pending.add(g)
+    self.pending = pending
+    return tasks
+
+
+# %% ../nbs/15_hierfedlora.ipynb #e3665f1e
+@patch
+def aggregate_train(self:HierFedLoRA, round:int, state:dict[str, torch.Tensor], updates:Sequence[ClientUpdate]
+                   ) -> tuple[dict[str, torch.Tensor], dict]:
+    "Reward each group's bandit with its validation gain; average the groups' changes layer by layer: (new state, info)."
+    group_states, coverage, grows, cols = [], [], [], {}
+    for g, p in self.progress.items():
         val = self.group_val_rows(g)
-        fed.fm.load_state(state)
-        before = mean_loss(fed.fm, fed.train_set, val, self.eval_batch_size, fed.device)
-        gstate, cover, crow, sim = self._train_group(fed, round, state, g, members, failed, arm)
-        replied = sum(r['status'] == 'ok' for r in crow)
-        row = {'round': round, 'group': g, 'selected': len(members), 'replied': replied,
-               'clients': ' '.join(map(str, members)), 'depth': arm.depth, 'tau': arm.tau, 'sim_seconds': sim,
-               'val_loss_before': before, 'val_loss_after': float('nan'), 'gain': float('nan'), 'reward': float('nan')}
+        replied = len(p.active) if p.state is not None else 0
+        row = {'round': round, 'group': g, 'selected': len(p.members), 'replied': replied,
+               'clients': ' '.join(map(str, p.members)), 'depth': p.arm.depth, 'tau': p.arm.tau, 'sim_seconds': p.sim,
+               'val_loss_before': self.val_loss(state, val), 'val_loss_after': float('nan'), 'gain': float('nan'),
+               'reward': float('nan')}
         if replied:
-            fed.fm.load_state(gstate)
-            after = mean_loss(fed.fm, fed.train_set, val, self.eval_batch_size, fed.device)
-            gain = before - after
+            after = self.val_loss(p.state, val)
+            gain = row['val_loss_before'] - after
             row.update(val_loss_after=after, gain=gain)
-            if math.isfinite(gain) and sim > 0: row['reward'] = self.bandits[g].update(arm, gain, sim)
-            group_states.append(gstate); coverage.append(cover)
-        client_rows += crow; grows.append(row)
-    new_state, _ = aggregate_groups(state, group_states, coverage)
+            if math.isfinite(gain) and p.sim > 0: row['reward'] = self.bandits[g].update(p.arm, gain, p.sim)
+            group_states.append(p.state); coverage.append(p.coverage())
+        grows.append(row)
+        for k in p.members:
+            cols[k] = {'group': g, 'depth': p.arm.depth, 'tau': p.arm.tau, 'sim_seconds': p.client_sim.get(k, 0.0)}
+    new_state, per_tensor = aggregate_groups(state, group_states, coverage)
     round_sim = max((r['sim_seconds'] for r in grows), default=0.0)
     self.sim_time += round_sim
     self.rows += grows
-    ok = [r for r in client_rows if r['status'] == 'ok']
-    trainers = np.zeros(L, dtype=int)
-    for r in ok: trainers[r['shallowest']:] += 1
-    round_row = {'round': round, 'strategy': 'hierfedlora', 'selected': len(selected), 'replied': len(ok),
-                 'failed': len(failed), 'rejected': sum(r['status'] == 'rejected' for r in client_rows),
-                 'status': 'ok' if ok else 'no replies',
-                 'train_loss': float(np.mean([r['loss'] for r in ok])) if ok else float('nan'),
-                 'phase': 'hierfedlora', **{f'trainers_{l}': int(n) for l, n in enumerate(trainers)},
-                 'seconds': time.perf_counter() - t0, 'groups': len(grows),
-                 'arms': ' '.join(f"{r['group']}:{r['depth']}x{r['tau']}" for r in grows),
-                 'val_gain': float(np.nanmean([r['gain'] for r in grows])) if any(math.isfinite(r['gain']) for r in grows) else float('nan'),
-                 'sim_seconds': round_sim, 'sim_time': self.sim_time}
-    self.write_tables(fed)
-    return new_state, round_row, client_rows
+    self.progress, self.pending = {}, set()
+    gains = [r['gain'] for r in grows if math.isfinite(r['gain'])]
+    return new_state, {'aggregated': [u.client for u in updates], 'contributors': per_tensor, 'clients': cols,
+                       'round': {'groups': len(grows), 'arms': ' '.join(f"{r['group']}:{r['depth']}x{r['tau']}" for r in grows),
+                                 'val_gain': float(np.mean(gains)) if gains else float('nan'),
+                                 'sim_seconds': round_sim, 'sim_time': self.sim_time}}
 
-HierFedLoRA.run_round = _run_round
 
-# %% ../nbs/15_hierfedlora.ipynb #591d0b6b
-def _tables(self:HierFedLoRA) -> dict[str, pd.DataFrame]:
-    "The strategy's own result tables: `groups` (per round and group) and `grouping` (per group)."
-    return {'groups': self.history, 'grouping': self.grouping.to_frame()}
+# %% ../nbs/15_hierfedlora.ipynb #cc8bf93c
+@patch
+def results(self:HierFedLoRA) -> dict:
+    "The strategy's own results: `groups` and `grouping` (tables) and `clock` (JSON)."
+    grouping = self.grouping.to_frame()
+    grouping = grouping.assign(clients=grouping['clients'].map(lambda c: ' '.join(map(str, c))))
+    return {'groups': self.history, 'grouping': grouping, 'clock': self.clock.to_dict()}
 
-def _write_tables(self:HierFedLoRA, fed):
-    "Write `tables()` and `clock.json` into the run folder, if the engine prepared one."
-    out = fed.config.output
-    run_dir = Path(out.dir)
-    if not (run_dir/'config.json').is_file(): return
-    for name, df in self.tables().items():
-        if name == 'grouping': df = df.assign(clients=df['clients'].map(lambda c: ' '.join(map(str, c))))
-        write_table(df, run_dir/name, out.format)
-    atomic_write_text(run_dir/'clock.json', json.dumps(self.clock.to_dict(), indent=2))
-
-HierFedLoRA.tables, HierFedLoRA.write_tables = _tables, _write_tables
 
 # %% ../nbs/15_hierfedlora.ipynb #448ba679
 def default_depths(num_layers:int # L
@@ -401,10 +404,10 @@ def build_strategy(fed # the `Federation` (model, data, partition, capacity plan
     except FedHelloError as e:
         if e.param == 'deadline': raise _hier_error(e, 'hier.deadline') from None
         raise
-    train_rows, val_rows = held_out_rows([fed.client_indices(k) for k in range(K)], seed=tr.seed)
+    # the federation holds each client's validation rows out of its training rows (`Federation.val_rows`)
     return HierFedLoRA(grouping, bandits, clock, LocalTraining.from_config(tr), fed.plan.client_capacities.tolist(),
-                       train_rows, val_rows, weights=tr.weights, train_head=tr.head != 'frozen', seed=tr.seed,
-                       eval_batch_size=cfg.eval.batch_size)
+                       [fed.client_indices(k) for k in range(K)], fed.val_rows, state_loss(fed), weights=tr.weights,
+                       train_head=tr.head != 'frozen', seed=tr.seed)
 
 # %% ../nbs/15_hierfedlora.ipynb #4643067c
 def time_to_target(rounds:pd.DataFrame,      # round rows with the metric and the clock column

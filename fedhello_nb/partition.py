@@ -13,10 +13,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from .validate import FedHelloError, check, check_int, check_number, check_choice
 from .config import PARTITION_SCHEMES
+from .runio import stream_rng
 
 # %% auto #0
 __all__ = ['DIVERGENCE_EPS', 'QUANTITY_DISTRIBUTIONS', 'label_distributions', 'label_divergence', 'Partition', 'plot_partition',
-           'iid_split', 'dirichlet_split', 'deal_classes', 'pathological_split', 'quantity_split', 'partition']
+           'iid_split', 'dirichlet_split', 'deal_classes', 'pathological_split', 'quantity_split', 'partition',
+           'held_out_rows']
 
 # %% ../nbs/03_partition.ipynb #c8779416
 DIVERGENCE_EPS = 1e-6
@@ -253,3 +255,19 @@ def partition(labels,                      # class id of every row (array-like),
         params = {'quantity': quantity, **({'alpha': alpha} if quantity == 'dirichlet' else {'exponent': exponent}),
                   'min_size': min_size}
     return Partition([np.sort(p).astype(np.int64) for p in parts], y, names, scheme, {**params, 'seed': seed})
+
+# %% ../nbs/03_partition.ipynb #48197e19
+def held_out_rows(client_rows:Sequence[np.ndarray], # each client's rows of the training set
+                  per_client:int=8,                 # rows each client holds out (at most a fifth of its rows)
+                  seed:int=0                        # seed of the choice
+                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    "Per client: (training rows, held-out validation rows), disjoint, seeded."
+    per_client = check_int('per_client', per_client, ge=0)
+    train, val = [], []
+    for k, rows in enumerate(client_rows):
+        rows = np.asarray(rows)
+        n = min(per_client, len(rows) // 5)
+        pick = np.sort(stream_rng(seed, 'holdout', k).choice(len(rows), n, replace=False)) if n else np.array([], int)
+        mask = np.zeros(len(rows), bool); mask[pick] = True
+        train.append(rows[~mask]); val.append(rows[mask])
+    return train, val

@@ -7,7 +7,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/rank_methods.html.md"""
 # %% ../nbs/14_rank_methods.ipynb #310c61fc
 from __future__ import annotations
 import base64, math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 import numpy as np
 import torch
@@ -18,11 +18,12 @@ from .aggregate import ClientUpdate
 from .rank_baselines import (RANK_METHODS, RankMethod, FLoRA, HetLoRA, class_ranks, client_scale,
                                         lora_pairs, lora_rank, pad_rank, rank_limit)
 from .allocation import AllocationMap
-from .engine import LocalTraining, TrainInstruction, derived_seed, rejection_reason, train_client
+from .engine import LocalTraining, TrainInstruction, derived_seed, train_client
 
 # %% auto #0
 __all__ = ['lora_modules', 'adapter_scale', 'cut_to_rank', 'train_at_rank', 'config_ranks', 'encode_tensors', 'decode_tensors',
-           'base_weights', 'RankStrategy', 'build_strategy']
+           'base_weights', 'load_base_weights', 'rank_client_update', 'RankStrategy', 'method_from_config',
+           'build_strategy']
 
 # %% ../nbs/14_rank_methods.ipynb #62e3b294
 def lora_modules(fm:FedLoraModel # a model with LoRA adapters
@@ -119,6 +120,26 @@ def base_weights(fm:FedLoraModel # a model with LoRA adapters
     "Adapted module name -> its base weight (the live `base_layer.weight` parameter, not a copy)."
     return {m: l.base_layer.weight for m, l in lora_modules(fm).items()}
 
+def load_base_weights(fm:FedLoraModel,                # the model to write into
+                      weights:Mapping[str, torch.Tensor], # adapted module name -> base weight (`base_weights` of another model)
+                      param:str='base_weights'        # name in the error message
+                     ):
+    "Copy `weights` into the model's base weights: the same modules and shapes, or `FedHelloError`."
+    live = base_weights(fm)
+    check(set(weights) == set(live), param, sorted(weights)[:2], f'expected the adapted modules {sorted(live)[:2]}...')
+    with torch.no_grad():
+        for m, w in weights.items():
+            check(tuple(w.shape) == tuple(live[m].shape), f'{param}[{m!r}]', tuple(w.shape), f'expected {tuple(live[m].shape)}')
+            live[m].copy_(w)
+
+# %% ../nbs/14_rank_methods.ipynb #63c5ce8b
+def rank_client_update(method:RankMethod # HetLoRA, FlexLoRA or FLoRA
+                      ) -> Callable:
+    "`update(fm, state, instruction, dataset, indices, device)`: `train_at_rank` at the instruction's rank."
+    def update(fm, state, instruction, dataset, indices, device='cpu'):
+        return train_at_rank(fm, method, state, instruction.rank, instruction, dataset, indices, device)
+    return update
+
 # %% ../nbs/14_rank_methods.ipynb #7f2b27a2
 class RankStrategy:
     "The round of a rank-based method: every selected client trains all blocks at its class's rank; `method` aggregates."
@@ -155,15 +176,18 @@ class RankStrategy:
 
     def client_update(self, fm:FedLoraModel, state:dict[str, torch.Tensor], instruction:TrainInstruction, dataset,
                       indices:Sequence[int], device='cpu') -> ClientUpdate:
-        "Train one client at its instruction's rank (`train_at_rank`): the engine's round and Flower's ClientApp call this."
-        return train_at_rank(fm, self.method, state, instruction.rank, instruction, dataset, indices, device)
+        "Train one client at its instruction's rank (`rank_client_update`): what the in-process runtime calls."
+        return rank_client_update(self.method)(fm, state, instruction, dataset, indices, device)
+
+    def broadcast(self) -> dict[str, torch.Tensor]:
+        "Tensors outside the global state that a remote client needs: FLoRA's merged base weights (none otherwise)."
+        return dict(base_weights(self.fm)) if isinstance(self.method, FLoRA) else {}
 
     def aggregate_train(self, round:int, state:dict[str, torch.Tensor], updates:Sequence[ClientUpdate]) -> tuple[dict, dict]:
-        "Reject non-finite replies (the engine's rule), then the method's server step: (new state, info with `mean_rank`)."
-        good = [u for u in updates if rejection_reason(u) is None]
-        info = {'aggregated': [u.client for u in good], 'rejected': [u.client for u in updates if u not in good],
-                'round': {'mean_rank': float(np.mean([u.metrics['rank'] for u in good])) if good else float('nan')}}
-        return self.aggregate(round, state, good), info
+        "The method's server step on the accepted replies (the round has refused non-finite ones): (new state, info with `mean_rank`)."
+        info = {'aggregated': [u.client for u in updates],
+                'round': {'mean_rank': float(np.mean([u.metrics['rank'] for u in updates])) if updates else float('nan')}}
+        return self.aggregate(round, state, updates), info
 
     def aggregate(self, round:int, state:dict[str, torch.Tensor], updates:Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
         "The method's server step on the accepted replies (the state unchanged when there are none)."
@@ -181,27 +205,25 @@ class RankStrategy:
         "Restore `state_dict()`: pruned ranks, and FLoRA's base weights written into the shared model."
         check(state.get('method') == self.method.name, 'state.method', state.get('method'), f'expected {self.method.name!r}')
         self.method.ranks = {int(k): int(v) for k, v in state.get('pruned_ranks', {}).items()}
-        if 'base_weights' in state:
-            live, saved = base_weights(self.fm), decode_tensors(state['base_weights'])
-            check(set(saved) == set(live), 'state.base_weights', sorted(saved)[:2], f'expected the adapted modules {sorted(live)[:2]}...')
-            with torch.no_grad():
-                for m, w in saved.items():
-                    check(w.shape == live[m].shape, f'state.base_weights[{m!r}]', tuple(w.shape), f'expected {tuple(live[m].shape)}')
-                    live[m].copy_(w)
+        if 'base_weights' in state: load_base_weights(self.fm, decode_tensors(state['base_weights']), 'state.base_weights')
         return self
 
     def __repr__(self): return f'RankStrategy({self.method!r}, ranks={self.ranks})'
 
+def method_from_config(cfg # the `ExperimentConfig` of a 'hetlora', 'flexlora' or 'flora' run
+                      ) -> RankMethod:
+    "The rank method of `allocation.strategy`, with `lora.alpha` and the `rank` section (what a Flower node needs)."
+    name, rk = cfg.allocation.strategy, cfg.rank
+    check(name in RANK_METHODS, 'allocation.strategy', name, f'expected one of {list(RANK_METHODS)}')
+    kw = {} if rk.scaling is None else {'scaling': rk.scaling}
+    if name == 'hetlora': return HetLoRA(cfg.lora.alpha, prune_ratio=rk.prune_ratio, **kw)
+    check(rk.prune_ratio is None, 'rank.prune_ratio', rk.prune_ratio, "only used by 'hetlora' (self-pruning)")
+    return RANK_METHODS[name](cfg.lora.alpha, **kw)
+
 def build_strategy(fed) -> RankStrategy:
     "The strategy of a run whose `allocation.strategy` is 'hetlora', 'flexlora' or 'flora' (the engine calls this)."
-    cfg = fed.config
-    name, rk, tr = cfg.allocation.strategy, cfg.rank, cfg.train
-    check(name in RANK_METHODS, 'allocation.strategy', name, f'expected one of {list(RANK_METHODS)}')
+    cfg, tr = fed.config, fed.config.train
+    method = method_from_config(cfg)
     ranks = config_ranks(cfg, fed.plan.capacities, fed.num_blocks, rank_limit(fed.fm.lora_state()))
-    kw = {} if rk.scaling is None else {'scaling': rk.scaling}
-    if name == 'hetlora': method = HetLoRA(cfg.lora.alpha, prune_ratio=rk.prune_ratio, **kw)
-    else:
-        check(rk.prune_ratio is None, 'rank.prune_ratio', rk.prune_ratio, "only used by 'hetlora' (self-pruning)")
-        method = RANK_METHODS[name](cfg.lora.alpha, **kw)
     return RankStrategy(method, fed.plan, ranks, LocalTraining.from_config(tr), weights=tr.weights, head=tr.head,
                         seed=tr.seed, fm=fed.fm)

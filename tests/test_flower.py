@@ -10,6 +10,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import time
 from pathlib import Path
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -142,9 +143,16 @@ def test_bad_node_configuration_refused(flower_run, deployment):
     for i in (3, 4, 5): assert 'fedhello node refused the query message' in deployment.log(f'supernode{i}.log'), i
 
 
-def test_rank_method_on_flower_equals_engine(deployment, flower_run, tmp_path):
-    "HetLoRA through the engine's round on Flower: the same clients, ranks, losses and accuracy as in-process."
-    over = {'allocation.strategy': 'hetlora', 'output.dir': str(tmp_path/'out')}
+# one strategy of each family: a layer allocation that reaches its FIM phase (round 1), rank methods (HetLoRA; FLoRA,
+# whose nodes receive the merged base weights), and HierFedLoRA (its intra-group rounds are further exchanges)
+FAMILIES = {'hetlora': ({}, ['rank']), 'fedhello': ({'allocation.t_rgd': 1}, []), 'flora': ({}, ['rank']),
+            'hierfedlora': ({}, ['group', 'depth', 'tau'])}
+
+@pytest.mark.parametrize('strategy', list(FAMILIES))
+def test_every_family_on_flower_equals_engine(deployment, flower_run, tmp_path, strategy):
+    "The engine's round with a FlowerRuntime: the same clients, rows, losses, accuracy and tensors as in-process."
+    extra_over, extra_cols = FAMILIES[strategy]
+    over = {'allocation.strategy': strategy, 'output.dir': str(tmp_path/'out'), **extra_over}
     _experiment(tmp_path, **over)
     app = write_app(tmp_path/'app', experiment=str(tmp_path/'experiment.json'),
                     options=ServerOptions(reply_timeout=180, node_wait=30, min_nodes=6))
@@ -153,12 +161,16 @@ def test_rank_method_on_flower_equals_engine(deployment, flower_run, tmp_path):
     ref = run_experiment(make_config(EXPERIMENT, **{**over, 'output.dir': str(tmp_path/'ref')}))
     fl_rounds, fl_clients = read_table(tmp_path/'out'/'rounds.csv'), read_table(tmp_path/'out'/'clients.csv')
     assert fl_rounds['replied'].tolist() == ref.rounds['replied'].tolist() == [2, 2]
-    cols = ['round', 'client', 'rank', 'status', 'steps']
+    assert fl_rounds['phase'].tolist() == ref.rounds['phase'].tolist()
+    if strategy == 'fedhello': assert ref.rounds['phase'].tolist() == ['rgd', 'fim']
+    cols = ['round', 'client', 'blocks', 'status', 'steps', *extra_cols]
     assert fl_clients[cols].astype(str).values.tolist() == ref.clients[cols].astype(str).values.tolist()
     # float32 tensors travel bit for bit; the tolerance covers the order of the sums in two processes
     np.testing.assert_allclose(fl_clients['loss'], ref.clients['loss'], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(fl_rounds['mean_rank'], ref.rounds['mean_rank'])
     np.testing.assert_allclose(fl_rounds['accuracy'], ref.rounds['accuracy'], atol=1e-6)
+    if strategy == 'hierfedlora':
+        pd.testing.assert_frame_equal(read_table(tmp_path/'out'/'groups.csv'), read_table(tmp_path/'ref'/'groups.csv'),
+                                      check_exact=False, rtol=1e-4)
     _same_tensors(tmp_path/'out', ref)
 
 
@@ -268,10 +280,14 @@ def test_dead_node_does_not_hang_the_run(deployment, flower_run, federation, tmp
     assert any(not torch.allclose(tensors[k].float(), init[k].float(), atol=1e-6) for k in init)
 
 
-def test_simulation_runtime_equals_engine(reference, tmp_path):
+@pytest.mark.parametrize('strategy', ['rgd', 'hierfedlora'])
+def test_simulation_runtime_equals_engine(reference, tmp_path, strategy):
     "The same App on Flower's simulation runtime (Ray): three simulated SuperNodes, the same tensors."
     pytest.importorskip('ray', reason="Flower's simulation runtime needs the flower-simulation extra (ray)")
-    _experiment(tmp_path, **{'output.dir': str(tmp_path/'out')})
+    over = {'allocation.strategy': strategy, 'output.dir': str(tmp_path/'out')}
+    _experiment(tmp_path, **over)
+    if strategy != EXPERIMENT['allocation']['strategy']:
+        reference = run_experiment(make_config(EXPERIMENT, **{**over, 'output.dir': str(tmp_path/'ref')}))
     app = write_app(tmp_path/'app', experiment=str(tmp_path/'experiment.json'), options=ServerOptions(reply_timeout=180, node_wait=60))
     dep = LocalDeployment([], tmp_path/'deploy', simulation=3)
     seen = []
