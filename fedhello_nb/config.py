@@ -6,6 +6,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/config.html.md"""
 
 # %% ../nbs/01_config.ipynb #8a7d35dc
 from __future__ import annotations
+from fastcore.basics import patch
 import json, re
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -274,17 +275,22 @@ def _flatten(d:dict, prefix='') -> dict:
         else: out[f'{prefix}{k}'] = v
     return out
 
-def _to_dict(self:ExperimentConfig) -> dict:
+@patch
+def to_dict(self:ExperimentConfig) -> dict:
     "Plain nested dict (JSON types only)."
     return self.model_dump(mode='json')
 
-def _to_json(self:ExperimentConfig, indent:int=2) -> str: return json.dumps(self.to_dict(), indent=indent)
-def _to_yaml(self:ExperimentConfig) -> str: return yaml.safe_dump(self.to_dict(), sort_keys=False)
-def _flat(self:ExperimentConfig) -> dict:
+@patch
+def to_json(self:ExperimentConfig, indent:int=2) -> str: return json.dumps(self.to_dict(), indent=indent)
+@patch
+def to_yaml(self:ExperimentConfig) -> str: return yaml.safe_dump(self.to_dict(), sort_keys=False)
+@patch
+def flat(self:ExperimentConfig) -> dict:
     "`{'section.field': value}` for every field."
     return _flatten(self.to_dict())
 
-def _save(self:ExperimentConfig, path:str|Path) -> Path:
+@patch
+def save(self:ExperimentConfig, path:str|Path) -> Path:
     "Write as JSON or YAML (by suffix), atomically."
     from fedhello_nb.validate import check_choice
     path = Path(path)
@@ -295,8 +301,6 @@ def _save(self:ExperimentConfig, path:str|Path) -> Path:
     tmp.replace(path)
     return path
 
-ExperimentConfig.to_dict,ExperimentConfig.to_json,ExperimentConfig.to_yaml = _to_dict,_to_json,_to_yaml
-ExperimentConfig.flat,ExperimentConfig.save = _flat,_save
 
 def config_from_json(text:str) -> ExperimentConfig: return make_config(json.loads(text))
 def config_from_yaml(text:str) -> ExperimentConfig: return make_config(yaml.safe_load(text) or {})
@@ -310,6 +314,7 @@ def load_config(path:str|Path) -> ExperimentConfig:
     if not path.is_file(): raise FedHelloError('config', str(path), 'expected an existing .json, .yaml or .yml file')
     text = path.read_text()
     return config_from_json(text) if path.suffix == '.json' else config_from_yaml(text)
+
 
 # %% ../nbs/01_config.ipynb #e8536b19
 def parse_override(key:str, text:str) -> tuple[str, Any]:

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from .validate import FedHelloError, check, check_int, check_number, check_choice
-from .config import ExperimentConfig, make_config, STRATEGIES, HIER_STRATEGIES
+from .config import ExperimentConfig, make_config, STRATEGIES, RANK_STRATEGIES, HIER_STRATEGIES
 from .data import load_data, make_dataset, make_loader
 from .partition import partition, held_out_rows
 from .model import FedLoraModel, LoRA
@@ -31,12 +31,12 @@ from .runio import (check_run_dir, prepare_run_dir, discard_on_failure, save_che
 _log = logging.getLogger('fedhello_nb.engine')   # the module's name, in the notebook too
 
 # %% auto #0
-__all__ = ['FIM_STRATEGIES', 'HELD_OUT_PER_CLIENT', 'METHOD_MODULES', 'PARAM_FIELDS', 'CLIENT_STATUSES', 'METRIC_COLUMNS',
-           'RESULT_FILES', 'derived_seed', 'select_clients', 'draw_failures', 'LocalTraining', 'TrainInstruction',
-           'rejection_reason', 'log_rejection', 'LayerwiseStrategy', 'train_client', 'evaluate', 'macro_f1',
-           'config_errors', 'resolve_device', 'Federation', 'build_strategy', 'client_update_of', 'RoundPlan',
-           'plan_round', 'client_row', 'Reply', 'InProcessRuntime', 'finish_round', 'run_round', 'strict_json',
-           'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
+__all__ = ['FIM_STRATEGIES', 'HELD_OUT_PER_CLIENT', 'PARAM_FIELDS', 'CLIENT_STATUSES', 'METRIC_COLUMNS', 'RESULT_FILES',
+           'derived_seed', 'select_clients', 'draw_failures', 'LocalTraining', 'TrainInstruction', 'rejection_reason',
+           'log_rejection', 'LayerwiseStrategy', 'train_client', 'evaluate', 'macro_f1', 'config_errors',
+           'resolve_device', 'Federation', 'build_strategy', 'client_update_of', 'RoundPlan', 'plan_round',
+           'client_row', 'Reply', 'InProcessRuntime', 'finish_round', 'run_round', 'strict_json', 'RunResult',
+           'plot_metric', 'plot_trainers', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -244,9 +244,6 @@ def macro_f1(y_true, y_pred, num_classes:int) -> float:
 # %% ../nbs/13_engine.ipynb #f658540f
 FIM_STRATEGIES = ('fedhello', 'fim')
 HELD_OUT_PER_CLIENT = 8    # validation rows each client of a HierFedLoRA run holds out (`held_out_rows`)
-# methods that are not a layer allocation live in their own modules, each with `build_strategy(fed)`
-METHOD_MODULES = {'hetlora': 'fedhello_nb.rank_methods', 'flexlora': 'fedhello_nb.rank_methods',
-                  'flora': 'fedhello_nb.rank_methods', 'hierfedlora': 'fedhello_nb.hierfedlora'}
 
 # the lower layers' parameter names, per call in `Federation.from_config`, as the configuration fields a user sets
 PARAM_FIELDS = {
@@ -262,6 +259,7 @@ PARAM_FIELDS = {
                   'quantity': 'partition.quantity', 'exponent': 'partition.exponent'},
     'plan': {'capacities': 'clients.capacities', 'fractions': 'clients.fractions', 'num_clients': 'clients.num_clients',
              'membership': 'clients.membership'},
+    'hier': {'num_groups': 'hier.num_groups', 'lam': 'hier.lam', 'deadline': 'hier.deadline'},
 }
 
 @contextmanager
@@ -351,9 +349,13 @@ def build_strategy(fed:Federation):
     "The round strategy of `fed.config.allocation.strategy`: a `LayerwiseStrategy`, or another method's strategy."
     cfg = fed.config
     a, tr = cfg.allocation, cfg.train
-    if a.strategy not in STRATEGIES:
-        import importlib
-        return importlib.import_module(METHOD_MODULES[a.strategy]).build_strategy(fed)
+    # the other families live in modules that build on this one, so they are imported when they are asked for
+    if a.strategy in RANK_STRATEGIES:
+        from fedhello_nb.rank_methods import build_strategy as build_rank_strategy
+        return build_rank_strategy(fed)
+    if a.strategy in HIER_STRATEGIES:
+        from fedhello_nb.hierfedlora import build_strategy as build_hier_strategy
+        return build_hier_strategy(fed)
     scorer = _fim_scorer(cfg, fed.proxy_set, fed.device) if fed.proxy_set is not None else None
     return LayerwiseStrategy(strategy_from_config(cfg, fed.num_blocks, scorer), fed.plan, LocalTraining.from_config(tr),
                              weights=tr.weights, head=tr.head, seed=tr.seed)

@@ -6,6 +6,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/grouping.html.md"""
 
 # %% ../nbs/10_grouping.ipynb #030dca37
 from __future__ import annotations
+from fastcore.basics import patch
 import math
 from dataclasses import dataclass, field
 from collections.abc import Sequence
@@ -269,7 +270,8 @@ def compare_groupings(*groupings:Grouping) -> pd.DataFrame:
     return pd.DataFrame([x.summary() for x in groupings])
 
 # %% ../nbs/10_grouping.ipynb #d1b81ed7
-def _plot(self:Grouping, max_groups:int=12, # plot at most this many groups
+@patch
+def plot(self:Grouping, max_groups:int=12, # plot at most this many groups
           cols:int=4                          # panels per row
          ):
     "Bars: each group's pooled label distribution; line: the global distribution. Returns the figure."
@@ -291,7 +293,6 @@ def _plot(self:Grouping, max_groups:int=12, # plot at most this many groups
     fig.tight_layout()
     return fig
 
-Grouping.plot = _plot
 
 # %% ../nbs/10_grouping.ipynb #2493b3ab
 def group_clients(histograms,              # clients x classes label counts (array or DataFrame indexed by client id)

@@ -21,7 +21,7 @@ from .aggregate import ClientUpdate, client_weight, layerwise_average
 from .data import make_loader
 from .grouping import Grouping, group_clients, random_groups
 from .rucb import Arm, make_arms, RoundTimeModel, GroupBandits, plot_arms
-from .engine import LocalTraining, TrainInstruction, derived_seed
+from .engine import LocalTraining, TrainInstruction, config_errors, derived_seed
 
 
 # %% auto #0
@@ -368,10 +368,6 @@ def simulated_clock(fed,                   # a `Federation`
                           local_steps=steps, source='flops' if table else 'linear')
 
 # %% ../nbs/15_hierfedlora.ipynb #0f7ddaeb
-def _hier_error(e:FedHelloError, field:str) -> FedHelloError:
-    "The same complaint, naming the configuration field."
-    return FedHelloError(field, e.value, e.allowed)
-
 def build_strategy(fed # the `Federation` (model, data, partition, capacity plan, configuration)
                   ) -> HierFedLoRA:
     "HierFedLoRA from `fed.config.hier`: groups, arms, speeds, clock, bandits and held-out rows; bad input names the field."
@@ -395,15 +391,10 @@ def build_strategy(fed # the `Federation` (model, data, partition, capacity plan
     arms = make_arms(depths, h.taus, L)
     clock = simulated_clock(fed)
     speeds = np.asarray(clock.speeds)
-    try: grouping = group_clients(hist, h.num_groups, resources=speeds, lam=h.lam)
-    except FedHelloError as e:
-        raise _hier_error(e, {'num_groups': 'hier.num_groups', 'lam': 'hier.lam'}.get(e.param, e.param)) from None
-    try:
+    with config_errors('hier'):          # the engine's renaming: `deadline` is reported as `hier.deadline`
+        grouping = group_clients(hist, h.num_groups, resources=speeds, lam=h.lam)
         bandits = GroupBandits(arms, [speeds[g].tolist() for g in grouping.groups], clock.time_model(), h.deadline,
                                seed=tr.seed, c=h.exploration, num_layers=L)
-    except FedHelloError as e:
-        if e.param == 'deadline': raise _hier_error(e, 'hier.deadline') from None
-        raise
     # the federation holds each client's validation rows out of its training rows (`Federation.val_rows`)
     return HierFedLoRA(grouping, bandits, clock, LocalTraining.from_config(tr), fed.plan.client_capacities.tolist(),
                        [fed.client_indices(k) for k in range(K)], fed.val_rows, state_loss(fed), weights=tr.weights,

@@ -6,6 +6,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/rucb.html.md"""
 
 # %% ../nbs/11_rucb.ipynb #b639726e
 from __future__ import annotations
+from fastcore.basics import patch
 import math
 from dataclasses import dataclass
 from collections.abc import Callable, Sequence
@@ -141,18 +142,21 @@ class RUCB:
     def feasible_arms(self) -> list[Arm]: return [a for a, f in zip(self.arms, self.feasible) if f]
 
 # %% ../nbs/11_rucb.ipynb #7ef6a12a
+@patch
 def _norm(self:RUCB, raw:float) -> float:
     "A raw reward (gain per second) mapped to [0, 1]."
     if self.normalise == 'scale': return min(max(raw / self.reward_scale, 0.0), 1.0)
     if self.low is None or self.high <= self.low: return 0.5
     return (raw - self.low) / (self.high - self.low)
 
+@patch
 def _mean(self:RUCB, i:int) -> float:
     "Normalised mean reward of arm i (minmax: the mean raw reward rescaled with today's min and max)."
     if self.normalise == 'scale': return self.sums[i] / self.counts[i]
     return self._norm(self.sums[i] / self.counts[i])
 
-def _index(self:RUCB, t:int) -> list[float]:
+@patch
+def index(self:RUCB, t:int) -> list[float]:
     "UCB index of every arm: -inf if infeasible, +inf if never played."
     out = []
     for i, f in enumerate(self.feasible):
@@ -161,7 +165,8 @@ def _index(self:RUCB, t:int) -> list[float]:
         else: out.append(self._mean(i) + self.c * math.sqrt(math.log(max(t, 1)) / self.counts[i]))
     return out
 
-def _select(self:RUCB, t:int|None=None # the global round (>= 0); None: one more than the plays so far
+@patch
+def select(self:RUCB, t:int|None=None # the global round (>= 0); None: one more than the plays so far
            ) -> Arm:
     "The arm for round t: an untried feasible arm if any, else the highest UCB index."
     t = self.plays + 1 if t is None else check_int('t', t, ge=0)
@@ -171,7 +176,8 @@ def _select(self:RUCB, t:int|None=None # the global round (>= 0); None: one more
     self.pending = (t, i)
     return self.arms[i]
 
-def _update(self:RUCB, arm,  # the arm that was played (normally the one `select` returned)
+@patch
+def update(self:RUCB, arm,  # the arm that was played (normally the one `select` returned)
             gain:float,      # validation gain of the round: loss decrease or accuracy gain (may be negative)
             time:float       # the group's simulated seconds for the round, > 0
            ) -> float:
@@ -192,19 +198,21 @@ def _update(self:RUCB, arm,  # the arm that was played (normally the one `select
     self.pending = None
     return reward
 
-RUCB._norm, RUCB._mean, RUCB.index, RUCB.select, RUCB.update = _norm, _mean, _index, _select, _update
 RUCB.plays = property(lambda self: sum(self.counts))
 RUCB.history = property(lambda self: pd.DataFrame(self.rows, columns=HISTORY_COLUMNS),
                         doc="One row per update: round, group, depth, tau, gain, time, raw and normalised reward, feasible arms.")
 
+
 # %% ../nbs/11_rucb.ipynb #911809ab
-def _state_dict(self:RUCB) -> dict:
+@patch
+def state_dict(self:RUCB) -> dict:
     "JSON-able state: plays, sums, running min/max, pending selection, history and the tie-break generator."
     return {'arms': [list(a) for a in self.arms], 'counts': list(self.counts), 'sums': list(self.sums),
             'low': self.low, 'high': self.high, 'pending': None if self.pending is None else list(self.pending),
             'rows': [dict(r) for r in self.rows], 'rng': self.rng.bit_generator.state}
 
-def _load_state_dict(self:RUCB, state:dict):
+@patch
+def load_state_dict(self:RUCB, state:dict):
     "Restore what `state_dict` returned; the bandit must have the same arms."
     saved = [Arm(*a) for a in state['arms']]
     check(saved == self.arms, 'state.arms', saved, f'expected the bandit\'s arms {self.arms}')
@@ -215,7 +223,6 @@ def _load_state_dict(self:RUCB, state:dict):
     self.rng.bit_generator.state = state['rng']
     return self
 
-RUCB.state_dict, RUCB.load_state_dict = _state_dict, _load_state_dict
 
 # %% ../nbs/11_rucb.ipynb #02f1659f
 class GroupBandits:
