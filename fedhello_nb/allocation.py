@@ -24,7 +24,7 @@ __all__ = ['EXACT_MAX_LAYERS', 'COMPAT_MODES', 'STRATEGY_OPTIONS', 'scale_capaci
            'inclusion_probabilities', 'expected_counts', 'pattern_profile', 'plot_profile', 'kmeans_1d',
            'level_weights', 'fim_probabilities', 'AllocationStrategy', 'GDStrategy', 'RGDStrategy', 'FedRAStrategy',
            'FullStrategy', 'ExclusiveStrategy', 'StragglerStrategy', 'DepthStrategy', 'FedHelloStrategy', 'FIMStrategy',
-           'make_strategy', 'strategy_from_config', 'plot_patterns']
+           'make_strategy', 'strategy_from_config', 'plot_patterns', 'capacities_for_depth', 'order_for_depth']
 
 # %% ../nbs/05_allocation.ipynb #bfe947a5
 def scale_capacities(num_layers:int # L, the number of transformer blocks
@@ -819,3 +819,26 @@ def plot_patterns(num_layers:int,                          # L
         row[2].set_ylim(0, 130)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/05_allocation.ipynb #1b6647cd
+def capacities_for_depth(capacities:Sequence[int], # the capacity of each class, for `L` blocks
+                         L:int,                    # the blocks they were set for
+                         to:int                    # the blocks of the model they are for
+                        ) -> list[int]:
+    "Capacities scaled from `L` to `to` blocks (in proportion, rounded half up, within 1..`to`)."
+    L, to = check_int('num_layers', L, ge=1), check_int('depth', to, ge=1)
+    caps = [check_int('capacities', c, ge=1, le=L) for c in capacities]
+    if caps == scale_capacities(L): return scale_capacities(to)     # the default stays the default
+    return [min(to, max(1, math.floor(c * to / L + 0.5))) for c in caps]
+
+def order_for_depth(order:Sequence[int], # a custom pattern's order: a permutation of 0..L-1
+                    to:int               # the blocks of the model it is for
+                   ) -> list[int]:
+    "`order` carried to `to` blocks: each block takes the earliest position of the layers at its relative depth."
+    L, to = len(order), check_int('depth', to, ge=1)
+    check(sorted(order) == list(range(L)), 'custom_order', list(order), f'expected a permutation of 0..{L - 1}')
+    rank = {l: i for i, l in enumerate(order)}
+    def first(j):   # the layers whose relative depth falls in block j (scaling up: the layer at j's centre)
+        return min(rank[l] for l in ([l for l in range(L) if l * to // L == j] or [(2 * j + 1) * L // (2 * to)]))
+    return sorted(range(to), key=lambda j: (first(j), j))
+

@@ -9,24 +9,27 @@ from __future__ import annotations
 import copy, gc, json, math, os, re, statistics, subprocess, sys, time
 from dataclasses import dataclass, field, asdict, replace
 from collections.abc import Sequence
+from pathlib import Path
 import numpy as np
+import yaml
 import pandas as pd
 import torch
 from torch import nn
 from matplotlib.figure import Figure
 from .validate import FedHelloError, check, check_int, check_number, check_choice
-from .config import PATTERNS
+from .config import DEFAULT_MODEL, PATTERNS
 from .model import (LoRA, FedLoraModel, attach_lora, block_lora_names, check_blocks, find_blocks, head_names,
                     load_model, model_kind, set_trainable_blocks, vit_b16_random, quiet_transformers)
 from .allocation import CapacityPlan, gd_sets, rgd_probabilities, scale_capacities, check_probabilities, EXACT_MAX_LAYERS
 from .rank_baselines import class_ranks
 
 # %% auto #0
-__all__ = ['MEMORY_MODEL_NAMES', 'Allocation', 'build_model', 'lora_of', 'with_rank', 'tokens_per_sample', 'random_batch',
-           'SavedTensorCounter', 'MemoryReport', 'reports_frame', 'measure_memory', 'measure_rss', 'MemoryEstimator',
-           'coefficient_table', 'compare_allocations', 'pattern_allocations', 'shallowest_distribution',
-           'expected_report', 'memory_table', 'format_bytes', 'plot_memory', 'plot_depth', 'parse_bytes',
-           'capacity_for_budget', 'budget_table', 'plan_for_budgets']
+__all__ = ['MEMORY_MODEL_NAMES', 'ESTIMATORS', 'Allocation', 'build_model', 'lora_of', 'with_rank', 'tokens_per_sample',
+           'random_batch', 'SavedTensorCounter', 'MemoryReport', 'reports_frame', 'measure_memory', 'measure_rss',
+           'MemoryEstimator', 'coefficient_table', 'compare_allocations', 'pattern_allocations',
+           'shallowest_distribution', 'expected_report', 'memory_table', 'format_bytes', 'plot_memory', 'plot_depth',
+           'parse_bytes', 'capacity_for_budget', 'budget_table', 'plan_for_budgets', 'estimator_cache_dir',
+           'estimator_for', 'class_memory']
 
 # %% ../nbs/09_memory.ipynb #18707261
 def _block_list(blocks) -> tuple[int, ...]:
@@ -785,3 +788,66 @@ def plan_for_budgets(est:MemoryEstimator, budgets:Sequence, # one memory budget 
           'expected a non-empty list of memory budgets')
     caps = [capacity_for_budget(est, b, pattern, batch, seq_len, image_size, head) for b in budgets]
     return CapacityPlan.from_capacities(caps, num_layers=est.num_layers)
+
+# %% ../nbs/09_memory.ipynb #7d61db90
+ESTIMATORS: dict = {}
+
+def estimator_cache_dir() -> Path:
+    "Where calibrated estimators are kept: `$FEDHELLO_CACHE/memory`, else `~/.cache/fedhello_nb/memory`."
+    root = os.environ.get('FEDHELLO_CACHE')
+    return Path(root).expanduser()/'memory' if root else Path.home()/'.cache'/'fedhello_nb'/'memory'
+
+def estimator_for(name:str=DEFAULT_MODEL, # a `build_model` name: 'all-MiniLM-L6-v2', 'tiny-bert', 'tiny-vit', 'vit-b16-random', ...
+                  rank:int=8,             # LoRA rank of the adapters (query and value)
+                  cache:bool=True         # reuse (and store) the calibration on disk
+                 ):
+    "A calibrated `MemoryEstimator` for a model, calibrated once and cached in the process and on disk."
+    import hashlib, inspect
+    from fedhello_nb import memory
+    from fedhello_nb.memory import MemoryEstimator, build_model
+    from fedhello_nb.model import LoRA
+    rank = check_int('rank', rank, ge=1)
+    key = (name, rank)
+    if key in ESTIMATORS: return ESTIMATORS[key]
+    version = hashlib.sha1(inspect.getsource(memory).encode()).hexdigest()[:10]   # a new memory module calibrates again
+    path = estimator_cache_dir()/f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(name))}-r{rank}-{version}.yaml"
+    est = None
+    if cache and path.is_file():
+        try: est = MemoryEstimator.from_dict(yaml.safe_load(path.read_text()))
+        except Exception: est = None           # an older format: calibrate again
+    if est is None:
+        est = MemoryEstimator.calibrate(build_model(name, LoRA(r=rank)))
+        if cache:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + f'.{os.getpid()}.tmp')
+                tmp.write_text(yaml.safe_dump(est.to_dict())); tmp.replace(path)
+            except OSError: pass                # a read-only home: keep it in the process only
+    ESTIMATORS[key] = est
+    return est
+
+# %% ../nbs/09_memory.ipynb #5b95a7e7
+def class_memory(est,                          # a calibrated `MemoryEstimator` (its L is the model's)
+                 capacities:Sequence[int],     # the capacity of each class
+                 sets:Sequence[Sequence[int]]|None=None, # deterministic strategies: the blocks of each class
+                 p=None,                       # random strategies: the layer probabilities
+                 batch:int=32, seq_len:int=128, image_size:int|None=None
+                ) -> pd.DataFrame:
+    "Per capacity class: the (expected) shallowest trained block, activations and peak memory, and full LoRA's peak."
+    from fedhello_nb.memory import Allocation, shallowest_distribution
+    L = est.num_layers
+    full = est.estimate(Allocation.full(L), batch, seq_len, image_size)
+    rows = []
+    for i, c in enumerate(capacities):
+        if sets is not None:
+            r = est.estimate(Allocation(tuple(sets[i])), batch, seq_len, image_size)
+            low, act, peak = r.shallowest, r.activations, r.peak
+        else:
+            dist = shallowest_distribution(p, c)
+            reps = [(w, est.estimate(Allocation(tuple(range(b, b + c))), batch, seq_len, image_size))
+                    for b, w in enumerate(dist) if w > 0]
+            low = sum(w * b for b, w in enumerate(dist))
+            act, peak = (sum(w * getattr(r, f) for w, r in reps) for f in ('activations', 'peak'))
+        rows.append({'capacity': c, 'shallowest': float(low), 'activations': float(act), 'peak': float(peak),
+                     'full_peak': float(full.peak), 'peak_ratio': float(peak / full.peak)})
+    return pd.DataFrame(rows)

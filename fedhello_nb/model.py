@@ -23,7 +23,7 @@ __all__ = ['DEFAULT_MODEL_NAMES', 'TINY_MODEL_NAMES', 'MODEL_KINDS', 'TARGET_ALI
            'tiny_text_model', 'tiny_bert', 'tiny_vit', 'tiny_image_processor', 'vit_b16_random', 'LoRA', 'find_blocks',
            'block_index', 'block_linear_names', 'resolve_targets', 'attach_lora', 'num_blocks', 'block_lora_names',
            'check_blocks', 'set_trainable_blocks', 'trainable_parameters', 'get_lora_state', 'set_lora_state',
-           'get_head_state', 'set_head_state', 'FedLoraModel']
+           'get_head_state', 'set_head_state', 'FedLoraModel', 'model_depth']
 
 # %% ../nbs/04_model.ipynb #ee553a14
 DEFAULT_MODEL_NAMES = (DEFAULT_MODEL, 'sentence-transformers/all-MiniLM-L6-v2') # names of the packaged default
@@ -518,3 +518,18 @@ class FedLoraModel:
         n_lora = sum(len(b) for b in self.block_params)
         return (f'FedLoraModel({type(_hf_model(self.model)).__name__}, L={self.num_blocks}, '
                 f'{n_lora} LoRA tensors, {len(self.head_params)} head tensors, lora={self.lora})')
+
+# %% ../nbs/04_model.ipynb #996b5ee4
+_DEPTHS: dict = {}
+
+def model_depth(name:str # `model.name` of a run: 'all-MiniLM-L6-v2', 'tiny-bert', 'tiny-vit', a local folder or a hub id
+               ) -> int:
+    "L, the transformer blocks of the model a run builds for `name`, read from its configuration (no weights loaded)."
+    import inspect
+    from fedhello_nb.model import TINY_MODEL_NAMES, resolve_model, tiny_bert, tiny_vit
+    if name not in _DEPTHS:
+        if name in TINY_MODEL_NAMES:    # built at their default depth by `load_model`
+            _DEPTHS[name] = inspect.signature(tiny_bert if name == 'tiny-bert' else tiny_vit).parameters['num_blocks'].default
+        else: _DEPTHS[name] = int(resolve_model(name)[2].num_hidden_layers)
+    return _DEPTHS[name]
+

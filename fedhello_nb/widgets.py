@@ -21,13 +21,15 @@ from .config import (ALL_STRATEGIES, DEFAULT_MODEL, FIM_MAPPINGS, PARTITION_SCHE
                                 ExperimentConfig, make_config, config_from_yaml)
 from .allocation import (CapacityPlan, make_strategy, scale_capacities, gd_sets, pattern_profile,
                                     plot_allocation, plot_counts, plot_profile, rgd_probabilities, fim_probabilities,
-                                    expected_counts, order_from_counts)
+                                    expected_counts, order_from_counts, capacities_for_depth, order_for_depth)
+from .model import model_depth
+from .memory import estimator_for, class_memory, ESTIMATORS
+
 
 # %% auto #0
 __all__ = ['MEMORY_PANEL_MODELS', 'ALLOCATION_PANEL_STRATEGIES', 'MEMORY_VALUES', 'RUN_PANEL_MODELS', 'parse_numbers',
-           'as_output', 'show', 'figures_in', 'Debouncer', 'Panel', 'estimator_cache_dir', 'estimator_for',
-           'class_memory', 'model_depth', 'capacities_for_depth', 'order_for_depth', 'AllocationExplorer',
-           'data_sources', 'PartitionExplorer', 'GroupingExplorer', 'MemoryExplorer', 'RunStopped', 'RunPanel']
+           'as_output', 'show', 'figures_in', 'Debouncer', 'Panel', 'AllocationExplorer', 'data_sources',
+           'PartitionExplorer', 'GroupingExplorer', 'MemoryExplorer', 'RunStopped', 'RunPanel']
 
 # %% ../nbs/22_widgets.ipynb #e096f411
 def parse_numbers(text,             # what was typed, e.g. '6, 9, 12' or '1/3 1/3 1/3' (a list passes through)
@@ -307,102 +309,6 @@ class Panel:
 
 # %% ../nbs/22_widgets.ipynb #58aaa0eb
 MEMORY_PANEL_MODELS = ('all-MiniLM-L6-v2', 'tiny-bert', 'tiny-vit', 'vit-b16-random')
-_ESTIMATORS: dict = {}
-
-def estimator_cache_dir() -> Path:
-    "Where calibrated estimators are kept: `$FEDHELLO_CACHE/memory`, else `~/.cache/fedhello_nb/memory`."
-    root = os.environ.get('FEDHELLO_CACHE')
-    return Path(root).expanduser()/'memory' if root else Path.home()/'.cache'/'fedhello_nb'/'memory'
-
-def estimator_for(name:str=DEFAULT_MODEL, # a `build_model` name: 'all-MiniLM-L6-v2', 'tiny-bert', 'tiny-vit', 'vit-b16-random', ...
-                  rank:int=8,             # LoRA rank of the adapters (query and value)
-                  cache:bool=True         # reuse (and store) the calibration on disk
-                 ):
-    "A calibrated `MemoryEstimator` for a model, calibrated once and cached in the process and on disk."
-    import hashlib, inspect
-    from fedhello_nb import memory
-    from fedhello_nb.memory import MemoryEstimator, build_model
-    from fedhello_nb.model import LoRA
-    rank = check_int('rank', rank, ge=1)
-    key = (name, rank)
-    if key in _ESTIMATORS: return _ESTIMATORS[key]
-    version = hashlib.sha1(inspect.getsource(memory).encode()).hexdigest()[:10]   # a new memory module calibrates again
-    path = estimator_cache_dir()/f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(name))}-r{rank}-{version}.yaml"
-    est = None
-    if cache and path.is_file():
-        try: est = MemoryEstimator.from_dict(yaml.safe_load(path.read_text()))
-        except Exception: est = None           # an older format: calibrate again
-    if est is None:
-        est = MemoryEstimator.calibrate(build_model(name, LoRA(r=rank)))
-        if cache:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + f'.{os.getpid()}.tmp')
-                tmp.write_text(yaml.safe_dump(est.to_dict())); tmp.replace(path)
-            except OSError: pass                # a read-only home: keep it in the process only
-    _ESTIMATORS[key] = est
-    return est
-
-# %% ../nbs/22_widgets.ipynb #060480e3
-def class_memory(est,                          # a calibrated `MemoryEstimator` (its L is the model's)
-                 capacities:Sequence[int],     # the capacity of each class
-                 sets:Sequence[Sequence[int]]|None=None, # deterministic strategies: the blocks of each class
-                 p=None,                       # random strategies: the layer probabilities
-                 batch:int=32, seq_len:int=128, image_size:int|None=None
-                ) -> pd.DataFrame:
-    "Per capacity class: the (expected) shallowest trained block, activations and peak memory, and full LoRA's peak."
-    from fedhello_nb.memory import Allocation, shallowest_distribution
-    L = est.num_layers
-    full = est.estimate(Allocation.full(L), batch, seq_len, image_size)
-    rows = []
-    for i, c in enumerate(capacities):
-        if sets is not None:
-            r = est.estimate(Allocation(tuple(sets[i])), batch, seq_len, image_size)
-            low, act, peak = r.shallowest, r.activations, r.peak
-        else:
-            dist = shallowest_distribution(p, c)
-            reps = [(w, est.estimate(Allocation(tuple(range(b, b + c))), batch, seq_len, image_size))
-                    for b, w in enumerate(dist) if w > 0]
-            low = sum(w * b for b, w in enumerate(dist))
-            act, peak = (sum(w * getattr(r, f) for w, r in reps) for f in ('activations', 'peak'))
-        rows.append({'capacity': c, 'shallowest': float(low), 'activations': float(act), 'peak': float(peak),
-                     'full_peak': float(full.peak), 'peak_ratio': float(peak / full.peak)})
-    return pd.DataFrame(rows)
-
-# %% ../nbs/22_widgets.ipynb #398a5859
-_DEPTHS: dict = {}
-
-def model_depth(name:str # `model.name` of a run: 'all-MiniLM-L6-v2', 'tiny-bert', 'tiny-vit', a local folder or a hub id
-               ) -> int:
-    "L, the transformer blocks of the model a run builds for `name`, read from its configuration (no weights loaded)."
-    import inspect
-    from fedhello_nb.model import TINY_MODEL_NAMES, resolve_model, tiny_bert, tiny_vit
-    if name not in _DEPTHS:
-        if name in TINY_MODEL_NAMES:    # built at their default depth by `load_model`
-            _DEPTHS[name] = inspect.signature(tiny_bert if name == 'tiny-bert' else tiny_vit).parameters['num_blocks'].default
-        else: _DEPTHS[name] = int(resolve_model(name)[2].num_hidden_layers)
-    return _DEPTHS[name]
-
-def capacities_for_depth(capacities:Sequence[int], # the capacity of each class, for `L` blocks
-                         L:int,                    # the blocks they were set for
-                         to:int                    # the blocks of the model they are for
-                        ) -> list[int]:
-    "Capacities scaled from `L` to `to` blocks (in proportion, rounded half up, within 1..`to`)."
-    L, to = check_int('num_layers', L, ge=1), check_int('depth', to, ge=1)
-    caps = [check_int('capacities', c, ge=1, le=L) for c in capacities]
-    if caps == scale_capacities(L): return scale_capacities(to)     # the default stays the default
-    return [min(to, max(1, math.floor(c * to / L + 0.5))) for c in caps]
-
-def order_for_depth(order:Sequence[int], # a custom pattern's order: a permutation of 0..L-1
-                    to:int               # the blocks of the model it is for
-                   ) -> list[int]:
-    "`order` carried to `to` blocks: each block takes the earliest position of the layers at its relative depth."
-    L, to = len(order), check_int('depth', to, ge=1)
-    check(sorted(order) == list(range(L)), 'custom_order', list(order), f'expected a permutation of 0..{L - 1}')
-    rank = {l: i for i, l in enumerate(order)}
-    def first(j):   # the layers whose relative depth falls in block j (scaling up: the layer at j's centre)
-        return min(rank[l] for l in ([l for l in range(L) if l * to // L == j] or [(2 * j + 1) * L // (2 * to)]))
-    return sorted(range(to), key=lambda j: (first(j), j))
 
 
 # %% ../nbs/22_widgets.ipynb #87707e0a
@@ -991,7 +897,7 @@ class MemoryExplorer(Panel):
             flat['clients.fractions'] = [self.capacities_fit.count(c) / n for c in caps]
         return flat
 
-def _ESTIMATORS_NAMES(): return {k[0] for k in _ESTIMATORS}
+def _ESTIMATORS_NAMES(): return {k[0] for k in ESTIMATORS}
 
 # %% ../nbs/22_widgets.ipynb #f63018ee
 class RunStopped(Exception):

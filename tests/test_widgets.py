@@ -13,7 +13,10 @@ from fedhello_nb.config import make_config
 from fedhello_nb.validate import FedHelloError
 from fedhello_nb import widgets as wg
 from fedhello_nb.widgets import (AllocationExplorer, PartitionExplorer, GroupingExplorer, MemoryExplorer, RunPanel,
-                                 figures_in, estimator_for)
+                                 figures_in)
+from fedhello_nb import memory
+from fedhello_nb.memory import estimator_for
+from fedhello_nb.model import model_depth
 
 TINY = dict(model={'name': 'tiny-bert'}, data={'max_train': 400, 'max_test': 120},
             partition={'scheme': 'pathological', 'classes_per_client': 4}, clients={'num_clients': 8, 'per_round': 4},
@@ -26,7 +29,7 @@ def tiny_estimator(tmp_path_factory):
     "The tiny BERT's memory estimator, calibrated once for this module into a private cache folder."
     old = os.environ.get('FEDHELLO_CACHE')
     os.environ['FEDHELLO_CACHE'] = str(tmp_path_factory.mktemp('cache'))
-    wg._ESTIMATORS.pop(('tiny-bert', 8), None)
+    memory.ESTIMATORS.pop(('tiny-bert', 8), None)
     try: yield estimator_for('tiny-bert')
     finally:
         if old is None: os.environ.pop('FEDHELLO_CACHE', None)
@@ -34,9 +37,9 @@ def tiny_estimator(tmp_path_factory):
 
 
 def test_estimator_cache(tiny_estimator):
-    files = list(wg.estimator_cache_dir().glob('tiny-bert-r8-*.yaml'))
+    files = list(memory.estimator_cache_dir().glob('tiny-bert-r8-*.yaml'))
     assert len(files) == 1
-    wg._ESTIMATORS.pop(('tiny-bert', 8))
+    memory.ESTIMATORS.pop(('tiny-bert', 8))
     t = time.perf_counter()
     again = estimator_for('tiny-bert')                     # read back from disk, not calibrated again
     assert time.perf_counter() - t < 2
@@ -139,7 +142,7 @@ def test_allocation_export_runs_on_the_models_depth():
     assert ax.export_area.value.startswith('# warning: the export is for all-MiniLM-L6-v2 (6 blocks)')
     cfg = make_config(None, **flat)
     with pytest.raises(FedHelloError, match='<= 6'):            # what the export used to hold does not run
-        CapacityPlan(ax.plan.capacities, cfg.clients.fractions, cfg.clients.num_clients, num_layers=wg.model_depth(cfg.model.name))
+        CapacityPlan(ax.plan.capacities, cfg.clients.fractions, cfg.clients.num_clients, num_layers=model_depth(cfg.model.name))
     # a 12-layer custom-order exploration exported for the tiny BERT (4 blocks), run through the engine
     order = [11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
     ax = AllocationExplorer(strategy='gd', pattern='custom', custom_order=order, capacities=[3, 6, 12],
