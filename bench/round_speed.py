@@ -39,7 +39,7 @@ def settings(tiny:bool, args) -> dict:
 
 def client_batches(fed, ins, pad_to=None):
     "The batches a client draws in its local steps (same seed as train_client), optionally padded to `pad_to`."
-    loader = make_loader(fed.train_set, fed.client_indices(ins.client), ins.local.batch_size, shuffle=True, seed=ins.seed)
+    loader = make_loader(fed.train_set, fed.client_indices(ins.client), ins.train.batch_size, shuffle=True, seed=ins.seed)
     if pad_to is not None:
         base = fed.train_set.collate
         def collate(items):
@@ -53,7 +53,7 @@ def client_batches(fed, ins, pad_to=None):
         loader = torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True,
                                              collate_fn=collate, generator=torch.Generator().manual_seed(ins.seed))
     out, it = [], iter(loader)
-    for _ in range(ins.local.steps_for(len(fed.client_indices(ins.client)))):
+    for _ in range(ins.train.steps_for(len(fed.client_indices(ins.client)))):
         try: out.append(next(it))
         except StopIteration: it = iter(loader); out.append(next(it))
     return out
@@ -73,9 +73,9 @@ def naive_round(fed, t, state, max_length):
             for k, v in state.items(): params[k].copy_(v)
         allowed = {n for b in ins.blocks for n in fed.fm.block_params[b]} | set(fed.fm.head_params)
         for n, p in params.items(): p.requires_grad_(n in lora_names or n in fed.fm.head_params)
-        groups = [{'params': [params[n] for n in sorted(allowed)], 'lr': ins.local.lr},
+        groups = [{'params': [params[n] for n in sorted(allowed)], 'lr': ins.train.lr},
                   {'params': [params[n] for n in sorted(lora_names - allowed)], 'lr': 0.0}]
-        opt = torch.optim.AdamW(groups, weight_decay=ins.local.weight_decay)
+        opt = torch.optim.AdamW(groups, weight_decay=ins.train.weight_decay)
         torch.manual_seed(ins.seed)
         model.train()
         for batch in client_batches(fed, ins, pad_to=max_length):
@@ -99,7 +99,7 @@ def bare_compute(fed, t, state):
     model.train()
     for ins, batches in prepared:
         fed.fm.set_trainable(ins.blocks, ins.train_head)
-        opt = torch.optim.AdamW(fed.fm.trainable_parameters().values(), lr=ins.local.lr, weight_decay=ins.local.weight_decay)
+        opt = torch.optim.AdamW(fed.fm.trainable_parameters().values(), lr=ins.train.lr, weight_decay=ins.train.weight_decay)
         t0 = time.perf_counter()
         for batch in batches:
             labels = batch.pop('labels')

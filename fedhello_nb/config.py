@@ -7,7 +7,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/config.html.md"""
 # %% ../nbs/01_config.ipynb #8a7d35dc
 from __future__ import annotations
 from fastcore.basics import patch
-import json, re
+import json, math, re
 from pathlib import Path
 from typing import Any, Literal, Optional
 import yaml
@@ -154,6 +154,11 @@ class TrainConfig(_Section):
     head: Literal['average', 'frozen'] = Field('average', description="Average the classification head over clients, or keep it frozen (the release).")
     seed: int = Field(0, description="Seed of client selection, batches, dropout and the head's initialisation.")
     device: str = Field('auto', description="'auto' (CUDA when available), 'cpu', or a torch device string.")
+
+    def steps_for(self, num_samples:int) -> int:
+        "Optimizer steps of a client with `num_samples` rows: `local_steps`, or ceil(local_epochs * n / batch_size)."
+        if self.local_epochs is None: return self.local_steps
+        return max(1, math.ceil(self.local_epochs * num_samples / self.batch_size))
 
 class EvalConfig(_Section):
     "Held-out evaluation."

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from .validate import FedHelloError, check, check_int, check_number, check_choice
-from .config import ExperimentConfig, make_config, STRATEGIES, RANK_STRATEGIES, HIER_STRATEGIES
+from .config import ExperimentConfig, TrainConfig, make_config, STRATEGIES, RANK_STRATEGIES, HIER_STRATEGIES
 from .data import load_data, make_dataset, make_loader
 from .partition import partition, held_out_rows
 from .model import FedLoraModel, LoRA
@@ -32,11 +32,10 @@ _log = logging.getLogger('fedhello_nb.engine')   # the module's name, in the not
 
 # %% auto #0
 __all__ = ['FIM_STRATEGIES', 'HELD_OUT_PER_CLIENT', 'PARAM_FIELDS', 'CLIENT_STATUSES', 'METRIC_COLUMNS', 'RESULT_FILES',
-           'derived_seed', 'select_clients', 'draw_failures', 'LocalTraining', 'TrainInstruction', 'rejection_reason',
-           'log_rejection', 'LayerwiseStrategy', 'train_client', 'evaluate', 'macro_f1', 'config_errors',
-           'resolve_device', 'Federation', 'build_strategy', 'client_update_of', 'RoundPlan', 'plan_round',
-           'client_row', 'Reply', 'InProcessRuntime', 'finish_round', 'run_round', 'strict_json', 'RunResult',
-           'plot_metric', 'plot_trainers', 'run_experiment']
+           'derived_seed', 'select_clients', 'draw_failures', 'TrainInstruction', 'rejection_reason', 'log_rejection',
+           'LayerwiseStrategy', 'train_client', 'evaluate', 'macro_f1', 'config_errors', 'resolve_device', 'Federation',
+           'build_strategy', 'client_update_of', 'RoundPlan', 'plan_round', 'client_row', 'Reply', 'InProcessRuntime',
+           'finish_round', 'run_round', 'strict_json', 'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -63,41 +62,13 @@ def draw_failures(seed:int,     # the run's seed
 
 # %% ../nbs/13_engine.ipynb #d24f28ef
 @dataclass
-class LocalTraining:
-    "Local optimisation settings shared by all clients of a run."
-    steps: int = 5                 # optimizer steps per round (used when `epochs` is None)
-    epochs: float|None = None      # passes over the client's data instead of `steps`
-    batch_size: int = 16
-    lr: float = 5e-3
-    weight_decay: float = 0.01
-    grad_clip: float|None = None   # clip the gradient norm; None does not clip
-
-    def __post_init__(self):
-        self.steps = check_int('local_steps', self.steps, ge=1)
-        if self.epochs is not None: self.epochs = check_number('local_epochs', self.epochs, gt=0)
-        self.batch_size = check_int('batch_size', self.batch_size, ge=1)
-        self.lr = check_number('lr', self.lr, gt=0)
-        self.weight_decay = check_number('weight_decay', self.weight_decay, ge=0)
-        if self.grad_clip is not None: self.grad_clip = check_number('grad_clip', self.grad_clip, gt=0)
-
-    @classmethod
-    def from_config(cls, train) -> 'LocalTraining':
-        "From a `TrainConfig`."
-        return cls(train.local_steps, train.local_epochs, train.batch_size, train.lr, train.weight_decay, train.grad_clip)
-
-    def steps_for(self, num_samples:int) -> int:
-        "Optimizer steps for a client with `num_samples` rows."
-        if self.epochs is None: return self.steps
-        return max(1, math.ceil(self.epochs * num_samples / self.batch_size))
-
-@dataclass
 class TrainInstruction:
     "One client's instructions for one round: what a Flower train message's config carries."
     client: int               # client id
     round: int                # t
     blocks: list[int]         # LoRA blocks to train (may be empty)
     train_head: bool          # whether the classification head trains
-    local: LocalTraining      # optimisation settings
+    train: TrainConfig        # the run's `train` section, passed through: local steps or epochs, batch size, optimiser
     seed: int                 # seeds this client's batches and dropout this round
     rank: int|None = None     # the LoRA rank it trains at (rank methods); None: the global adapter's rank
 
@@ -109,14 +80,14 @@ class TrainInstruction:
     def to_config(self) -> dict:
         "Flat JSON-able form (Flower `ConfigRecord`)."
         d = {'client': self.client, 'round': self.round, 'blocks': list(self.blocks), 'train_head': self.train_head,
-             'seed': self.seed, 'rank': self.rank, **{f'local.{k}': v for k,v in asdict(self.local).items()}}
+             'seed': self.seed, 'rank': self.rank, **{f'train.{k}': v for k,v in self.train.model_dump().items()}}
         return {k: v for k,v in d.items() if v is not None}
 
     @classmethod
     def from_config(cls, d:dict) -> 'TrainInstruction':
         "Inverse of `to_config`."
-        local = LocalTraining(**{k[6:]: v for k,v in d.items() if k.startswith('local.')})
-        return cls(int(d['client']), int(d['round']), [int(b) for b in d['blocks']], bool(d['train_head']), local, int(d['seed']),
+        train = TrainConfig(**{k[6:]: v for k,v in d.items() if k.startswith('train.')})
+        return cls(int(d['client']), int(d['round']), [int(b) for b in d['blocks']], bool(d['train_head']), train, int(d['seed']),
                    None if d.get('rank') is None else int(d['rank']))
 
 # %% ../nbs/13_engine.ipynb #9c70fd28
@@ -139,12 +110,12 @@ class LayerwiseStrategy:
     def __init__(self,
                  allocation:AllocationStrategy, # decides which blocks each client trains
                  plan:CapacityPlan,             # each client's capacity
-                 local:LocalTraining,           # local optimisation settings
+                 train:TrainConfig,             # the run's `train` section (local steps, batch size, optimiser)
                  weights:str='data',            # aggregation weights: 'data' (n_k) or 'uniform'
                  head:str='average',            # 'average' the head over clients, or keep it 'frozen'
                  seed:int=0                     # seeds the per-client instruction seeds
                 ):
-        self.allocation, self.plan, self.local = allocation, plan, local
+        self.allocation, self.plan, self.train = allocation, plan, train
         self.weights = check_choice('weights', weights, ('data', 'uniform'))
         self.head = check_choice('head', head, ('average', 'frozen'))
         self.seed = seed
@@ -157,7 +128,7 @@ class LayerwiseStrategy:
         for c in clients:
             blocks = amap.layers_of(c)
             # a client allocated no block does not take part (e.g. weak clients under `exclusive`)
-            instr.append(TrainInstruction(int(c), round, blocks, train_head and len(blocks) > 0, self.local,
+            instr.append(TrainInstruction(int(c), round, blocks, train_head and len(blocks) > 0, self.train,
                                           derived_seed(self.seed, round, int(c), 1)))
         return amap, instr
 
@@ -186,7 +157,7 @@ def train_client(fm:FedLoraModel,                     # the shared model (its st
     fm.load_state(global_state)
     fm.set_trainable(instruction.blocks, instruction.train_head)
     params = fm.trainable_parameters()
-    local = instruction.local
+    local = instruction.train     # the run's train section
     opt = torch.optim.AdamW(params.values(), lr=local.lr, weight_decay=local.weight_decay)
     # batches and dropout masks: two streams of this client's round seed
     loader = make_loader(dataset, indices, local.batch_size, shuffle=True, seed=stream_seed(instruction.seed, 'batches'))
@@ -357,7 +328,7 @@ def build_strategy(fed:Federation):
         from fedhello_nb.hierfedlora import build_strategy as build_hier_strategy
         return build_hier_strategy(fed)
     scorer = _fim_scorer(cfg, fed.proxy_set, fed.device) if fed.proxy_set is not None else None
-    return LayerwiseStrategy(strategy_from_config(cfg, fed.num_blocks, scorer), fed.plan, LocalTraining.from_config(tr),
+    return LayerwiseStrategy(strategy_from_config(cfg, fed.num_blocks, scorer), fed.plan, tr,
                              weights=tr.weights, head=tr.head, seed=tr.seed)
 
 def _fim_scorer(cfg:ExperimentConfig, proxy_set, device):

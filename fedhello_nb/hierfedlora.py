@@ -21,7 +21,8 @@ from .aggregate import ClientUpdate, client_weight, layerwise_average
 from .data import make_loader
 from .grouping import Grouping, group_clients, random_groups
 from .rucb import Arm, make_arms, RoundTimeModel, GroupBandits, plot_arms
-from .engine import LocalTraining, TrainInstruction, config_errors, derived_seed
+from .config import TrainConfig
+from .engine import TrainInstruction, config_errors, derived_seed
 
 
 # %% auto #0
@@ -200,7 +201,7 @@ class HierFedLoRA:
                  grouping:Grouping,             # the near-IID groups (client ids)
                  bandits:GroupBandits,          # one R-UCB per group, in the same order
                  clock:SimulatedClock,          # step times, speeds and communication costs
-                 local:LocalTraining,           # local optimisation settings
+                 train:TrainConfig,             # the run's `train` section (local steps, batch size, optimiser)
                  capacities:Sequence[int],      # capacity of each client id: it trains at most this many blocks
                  train_rows:Sequence,           # each client's training rows of the training set
                  val_rows:Sequence,             # each client's held-out validation rows
@@ -210,7 +211,7 @@ class HierFedLoRA:
                  seed:int=0                     # seeds the clients' batches and dropout
                 ):
         check(len(bandits) == grouping.num_groups, 'bandits', len(bandits), f'expected one per group ({grouping.num_groups})')
-        self.grouping, self.bandits, self.clock, self.local, self.val_loss = grouping, bandits, clock, local, val_loss
+        self.grouping, self.bandits, self.clock, self.train, self.val_loss = grouping, bandits, clock, train, val_loss
         self.capacities = [int(c) for c in capacities]
         self.train_rows, self.val_rows = [np.asarray(r) for r in train_rows], [np.asarray(r) for r in val_rows]
         self.weights = check_choice('weights', weights, ('data', 'uniform'))
@@ -251,7 +252,7 @@ def instruction(self:HierFedLoRA, round:int, client:int, arm:Arm, exchange:int) 
     "What `client` trains in intra-group round `exchange` of `round` under `arm`: its top min(d, c_k) blocks."
     L = self.clock.num_layers
     depth = min(arm.depth, self.capacities[client])
-    return TrainInstruction(int(client), round, list(range(L - depth, L)), self.train_head, self.local,
+    return TrainInstruction(int(client), round, list(range(L - depth, L)), self.train_head, self.train,
                             derived_seed(self.seed, round, int(client), 1, exchange))
 
 @patch
@@ -359,9 +360,8 @@ def simulated_clock(fed,                   # a `Federation`
     "The clock of a federation: step seconds per depth, the clients' speeds (`hier.speeds`), communication costs."
     check_choice('source', source, TIME_SOURCES)
     cfg, L = fed.config, fed.num_blocks
-    local = LocalTraining.from_config(cfg.train)
-    steps = max(local.steps_for(len(fed.client_indices(k))) for k in range(cfg.clients.num_clients))
-    table = None if source == 'linear' else flops_step_seconds(fed.fm, local.batch_size, _mean_tokens(fed))
+    steps = max(cfg.train.steps_for(len(fed.client_indices(k))) for k in range(cfg.clients.num_clients))
+    table = None if source == 'linear' else flops_step_seconds(fed.fm, cfg.train.batch_size, _mean_tokens(fed))
     if table is None and source == 'flops':
         raise FedHelloError('source', source, 'the FLOP estimate needs fedhello_nb.memory (MemoryEstimator), which is not available')
     return SimulatedClock(table or linear_step_seconds(L), client_speeds(fed.plan, cfg.hier.speeds, L).tolist(),
@@ -396,7 +396,7 @@ def build_strategy(fed # the `Federation` (model, data, partition, capacity plan
         bandits = GroupBandits(arms, [speeds[g].tolist() for g in grouping.groups], clock.time_model(), h.deadline,
                                seed=tr.seed, c=h.exploration, num_layers=L)
     # the federation holds each client's validation rows out of its training rows (`Federation.val_rows`)
-    return HierFedLoRA(grouping, bandits, clock, LocalTraining.from_config(tr), fed.plan.client_capacities.tolist(),
+    return HierFedLoRA(grouping, bandits, clock, tr, fed.plan.client_capacities.tolist(),
                        [fed.client_indices(k) for k in range(K)], fed.val_rows, state_loss(fed), weights=tr.weights,
                        train_head=tr.head != 'frozen', seed=tr.seed)
 

@@ -18,7 +18,8 @@ from .aggregate import ClientUpdate
 from .rank_baselines import (RANK_METHODS, RankMethod, FLoRA, HetLoRA, class_ranks, client_scale,
                                         lora_pairs, lora_rank, pad_rank, rank_limit)
 from .allocation import AllocationMap
-from .engine import LocalTraining, TrainInstruction, derived_seed, train_client
+from .config import TrainConfig
+from .engine import TrainInstruction, derived_seed, train_client
 
 # %% auto #0
 __all__ = ['lora_modules', 'adapter_scale', 'cut_to_rank', 'train_at_rank', 'config_ranks', 'encode_tensors', 'decode_tensors',
@@ -147,14 +148,14 @@ class RankStrategy:
                  method:RankMethod,          # HetLoRA, FlexLoRA or FLoRA (`rank_baselines`)
                  plan,                       # the `CapacityPlan`: each client's capacity class
                  ranks:Sequence[int],        # the rank of each capacity class (`config_ranks`)
-                 local:LocalTraining,        # local optimisation settings
+                 train:TrainConfig,          # the run's `train` section (local steps, batch size, optimiser)
                  weights:str='data',         # client weights: 'data' (n_k) or 'uniform'
                  head:str='average',         # 'average' the head over clients, or keep it 'frozen'
                  seed:int=0,                 # the run's seed (client selection, failures, client seeds)
                  fm:FedLoraModel|None=None   # the shared model (FLoRA merges into its base weights)
                 ):
         check(isinstance(method, RankMethod), 'method', method, 'expected a RankMethod (HetLoRA, FlexLoRA, FLoRA)')
-        self.method, self.plan, self.local, self.seed, self.fm = method, plan, local, seed, fm
+        self.method, self.plan, self.train, self.seed, self.fm = method, plan, train, seed, fm
         check(len(ranks) == len(plan.capacities), 'ranks', list(ranks), f'expected one rank per capacity class ({len(plan.capacities)})')
         self.ranks = [check_int(f'ranks[{i}]', r, ge=1) for i, r in enumerate(ranks)]
         self.weights, self.head = weights, head
@@ -171,7 +172,7 @@ class RankStrategy:
         "Every selected client trains all blocks (and the head unless it is frozen) at its rank: the map and the instructions."
         L = self.plan.num_layers
         amap = AllocationMap(list(clients), np.ones((len(clients), L), bool), {'strategy': self.method.name, 'phase': self.method.name})
-        return amap, [TrainInstruction(int(c), round, list(range(L)), self.head == 'average', self.local,
+        return amap, [TrainInstruction(int(c), round, list(range(L)), self.head == 'average', self.train,
                                        derived_seed(self.seed, round, int(c), 1), rank=self.client_rank(c)) for c in clients]
 
     def client_update(self, fm:FedLoraModel, state:dict[str, torch.Tensor], instruction:TrainInstruction, dataset,
@@ -225,5 +226,5 @@ def build_strategy(fed) -> RankStrategy:
     cfg, tr = fed.config, fed.config.train
     method = method_from_config(cfg)
     ranks = config_ranks(cfg, fed.plan.capacities, fed.num_blocks, rank_limit(fed.fm.lora_state()))
-    return RankStrategy(method, fed.plan, ranks, LocalTraining.from_config(tr), weights=tr.weights, head=tr.head,
+    return RankStrategy(method, fed.plan, ranks, tr, weights=tr.weights, head=tr.head,
                         seed=tr.seed, fm=fed.fm)
