@@ -13,13 +13,14 @@ budgets (the paper reports 1.55 GB less memory and 38.41% less compute than rank
     python bench/memory_compute.py --tiny            # tiny random models, seconds (the test suite runs this)
 """
 from __future__ import annotations
+from fedhello_nb.config import LoraSettings
 import argparse, os, sys, time
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 import numpy as np
 import pandas as pd
 import torch
-from fedhello_nb.model import LoRA, FedLoraModel, attach_lora, tiny_bert, tiny_vit
+from fedhello_nb.model import FedLoraModel, attach_lora, tiny_bert, tiny_vit
 from fedhello_nb.allocation import scale_capacities
 from fedhello_nb.rank_baselines import class_ranks
 from fedhello_nb.memory import (Allocation, MemoryEstimator, build_model, measure_memory, expected_report,
@@ -55,9 +56,9 @@ def parse_args(argv=None):
 
 def cases(args, device):
     "(title, model, measured batch, reported batch, seq_len) for each backbone."
-    lora = LoRA(r=args.rank)
+    lora = LoraSettings(r=args.rank)
     if args.tiny:
-        lora = LoRA(r=4)
+        lora = LoraSettings(r=4)
         yield 'tiny-bert (L=4, hidden 32)', FedLoraModel(attach_lora(tiny_bert(3), lora), None, lora), 4, 4, 16
         if not args.skip_vit:
             yield 'tiny-vit (L=4, 32x32 in 8x8 patches)', FedLoraModel(attach_lora(tiny_vit(3), lora), None, lora), 2, 4, 1

@@ -11,7 +11,7 @@ import json, math, re
 from pathlib import Path
 from typing import Any, Literal, Optional
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from .validate import FedHelloError
 
 # %% auto #0
@@ -58,6 +58,15 @@ class LoraSettings(_Section):
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
     targets: list[str] = Field(['query', 'value'], min_length=1, description=
         "Names of the linear modules that get adapters (mapped per architecture, e.g. DeBERTa's query_proj).")
+
+    @field_validator('targets', mode='before')
+    @classmethod
+    def _one_target(cls, v): return [v] if isinstance(v, str) else v    # 'query' is the list ['query']
+
+    @property
+    def scale(self) -> float:
+        "alpha / r, the factor in front of B A."
+        return self.alpha / self.r
 
 class DataConfig(_Section):
     "Where the examples come from."

@@ -6,6 +6,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/engine.html.md"""
 
 # %% ../nbs/13_engine.ipynb #88ac6681
 from __future__ import annotations
+from .config import LoraSettings
 import json, logging, math, time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from .validate import FedHelloError, check, check_int, check_number, check_choic
 from .config import ExperimentConfig, TrainConfig, make_config, STRATEGIES, RANK_STRATEGIES, HIER_STRATEGIES
 from .data import load_data, make_dataset, make_loader
 from .partition import partition, held_out_rows
-from .model import FedLoraModel, LoRA
+from .model import FedLoraModel
 from .allocation import AllocationMap, AllocationStrategy, CapacityPlan, strategy_from_config
 from .aggregate import ClientUpdate, layerwise_average
 from .fim import proxy_indices, scorer_from_config
@@ -284,7 +285,7 @@ class Federation:
         with config_errors('data'):
             task = load_data(d.source, d.text_column, d.label_column, d.max_train, d.max_test, seed=tr.seed)
         with config_errors('model'):
-            fm = FedLoraModel.load(cfg.model.name, task.num_classes, LoRA.from_settings(cfg.lora), cfg.model.kind, seed=tr.seed)
+            fm = FedLoraModel.load(cfg.model.name, task.num_classes, cfg.lora, cfg.model.kind, seed=tr.seed)
         device = resolve_device(tr.device)
         fm.model.to(device)
         make = lambda split: make_dataset(split, tokenizer=fm.processor if task.kind == 'text' else None,

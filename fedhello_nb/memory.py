@@ -6,6 +6,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/memory.html.md"""
 
 # %% ../nbs/09_memory.ipynb #2de92f10
 from __future__ import annotations
+from .config import LoraSettings
 import copy, gc, json, math, os, re, statistics, subprocess, sys, time
 from dataclasses import dataclass, field, asdict, replace
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from torch import nn
 from matplotlib.figure import Figure
 from .validate import FedHelloError, check, check_int, check_number, check_choice
 from .config import DEFAULT_MODEL, PATTERNS
-from .model import (LoRA, FedLoraModel, attach_lora, block_lora_names, check_blocks, find_blocks, head_names,
+from .model import (FedLoraModel, attach_lora, block_lora_names, check_blocks, find_blocks, head_names,
                     load_model, model_kind, set_trainable_blocks, vit_b16_random, quiet_transformers)
 from .allocation import CapacityPlan, gd_sets, rgd_probabilities, scale_capacities, check_probabilities, EXACT_MAX_LAYERS
 from .rank_baselines import class_ranks
@@ -93,12 +94,12 @@ class Allocation:
 MEMORY_MODEL_NAMES = ('vit-b16-random',) # extra names `build_model` knows, on top of `load_model`'s
 
 def build_model(name:str='all-MiniLM-L6-v2', # a `load_model` name, or 'vit-b16-random'
-                lora:LoRA=LoRA(),            # the adapters
+                lora:LoraSettings=LoraSettings(),            # the adapters
                 num_labels:int|None=None,    # classes of the head; None: 100 for 'vit-b16-random', else 2
                 seed:int=0                   # seeds the head and the A matrices
                ) -> FedLoraModel:
     "A `FedLoraModel` by name, including the random ViT-B/16-sized model, for memory studies."
-    check(isinstance(lora, LoRA), 'lora', lora, 'expected a LoRA configuration')
+    check(isinstance(lora, LoraSettings), 'lora', lora, 'expected a LoRA configuration')
     if name == 'vit-b16-random':
         return FedLoraModel(attach_lora(vit_b16_random(num_labels or 100, seed), lora, seed), None, lora)
     return FedLoraModel.load(name, num_labels or 2, lora, seed=seed)
@@ -113,11 +114,11 @@ def _module(model) -> nn.Module:
 def _hf(m:nn.Module) -> nn.Module: return m.get_base_model()
 
 def lora_of(model # a FedLoraModel or a model with LoRA adapters
-           ) -> LoRA:
+           ) -> LoraSettings:
     "The LoRA configuration the adapters of `model` were made with (targets as module names)."
     c = _module(model).peft_config['default']
     targets = sorted({t.rsplit('.', 1)[-1] for t in c.target_modules})
-    return LoRA(c.r, c.lora_alpha, c.lora_dropout, tuple(targets))
+    return LoraSettings(r=c.r, alpha=c.lora_alpha, dropout=c.lora_dropout, targets=list(targets))
 
 def with_rank(model,   # a FedLoraModel or a model with LoRA adapters
               rank:int # the new LoRA rank of every block
@@ -127,7 +128,7 @@ def with_rank(model,   # a FedLoraModel or a model with LoRA adapters
     lora = lora_of(m)
     if lora.r == rank: return m
     with quiet_transformers(): base = copy.deepcopy(m).unload()
-    return attach_lora(base, replace(lora, r=rank))
+    return attach_lora(base, lora.model_copy(update={'r': rank}))
 
 # %% ../nbs/09_memory.ipynb #f015dfde
 def tokens_per_sample(model,                  # a FedLoraModel or a model with LoRA adapters
@@ -328,7 +329,7 @@ def _rss_child(spec:str):
     "Runs in the fresh process of `measure_rss`: build, warm up, reset the peak, measure, print JSON."
     import resource
     s = json.loads(spec)
-    fm = build_model(s['name'], LoRA(**{**s['lora'], 'targets': tuple(s['lora']['targets'])}))
+    fm = build_model(s['name'], LoraSettings(**{**s['lora'], 'targets': tuple(s['lora']['targets'])}))
     alloc = Allocation(tuple(s['blocks']), s['head'], s['rank'])
     net = fm.model if alloc.rank is None else with_rank(fm, alloc.rank)
     measure_memory(net, Allocation(alloc.blocks, alloc.head), 1, s['seq_len'], s['image_size'])  # warm-up
@@ -349,14 +350,14 @@ def measure_rss(name:str,                 # a `build_model` name
                 batch:int=32,             # samples per step
                 seq_len:int=128,          # text: tokens per sample
                 image_size:int|None=None, # images: side in pixels
-                lora:LoRA=LoRA(),         # the adapters
+                lora:LoraSettings=LoraSettings(),         # the adapters
                 timeout:float=600         # seconds before the child is stopped
                ) -> dict:
     "One measurement in a fresh process: its resident-set figures next to the tensor-level report."
     check(isinstance(allocation, Allocation), 'allocation', allocation, 'expected an Allocation')
-    check(isinstance(lora, LoRA), 'lora', lora, 'expected a LoRA configuration')
+    check(isinstance(lora, LoraSettings), 'lora', lora, 'expected a LoRA configuration')
     check_int('batch', batch, ge=1); check_int('seq_len', seq_len, ge=1)
-    spec = json.dumps({'name': name, 'lora': asdict(lora), 'blocks': list(allocation.blocks), 'head': allocation.head,
+    spec = json.dumps({'name': name, 'lora': lora.model_dump(), 'blocks': list(allocation.blocks), 'head': allocation.head,
                        'rank': allocation.rank, 'batch': batch, 'seq_len': seq_len, 'image_size': image_size})
     env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'TOKENIZERS_PARALLELISM': 'false'}
     code = 'import sys; from fedhello_nb.memory import _rss_child; _rss_child(sys.argv[1])'
@@ -805,7 +806,6 @@ def estimator_for(name:str=DEFAULT_MODEL, # a `build_model` name: 'all-MiniLM-L6
     import hashlib, inspect
     from fedhello_nb import memory
     from fedhello_nb.memory import MemoryEstimator, build_model
-    from fedhello_nb.model import LoRA
     rank = check_int('rank', rank, ge=1)
     key = (name, rank)
     if key in ESTIMATORS: return ESTIMATORS[key]
@@ -816,7 +816,7 @@ def estimator_for(name:str=DEFAULT_MODEL, # a `build_model` name: 'all-MiniLM-L6
         try: est = MemoryEstimator.from_dict(yaml.safe_load(path.read_text()))
         except Exception: est = None           # an older format: calibrate again
     if est is None:
-        est = MemoryEstimator.calibrate(build_model(name, LoRA(r=rank)))
+        est = MemoryEstimator.calibrate(build_model(name, LoraSettings(r=rank)))
         if cache:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -825,6 +825,7 @@ def estimator_for(name:str=DEFAULT_MODEL, # a `build_model` name: 'all-MiniLM-L6
             except OSError: pass                # a read-only home: keep it in the process only
     ESTIMATORS[key] = est
     return est
+
 
 # %% ../nbs/09_memory.ipynb #5b95a7e7
 def class_memory(est,                          # a calibrated `MemoryEstimator` (its L is the model's)

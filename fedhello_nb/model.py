@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 from .validate import FedHelloError, check, check_int, check_number, check_choice
-from .config import DEFAULT_MODEL
+from .config import DEFAULT_MODEL, LoraSettings
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL_NAMES', 'TINY_MODEL_NAMES', 'MODEL_KINDS', 'TARGET_ALIASES', 'default_model_path', 'hub_offline',
            'resolve_model', 'model_kind', 'quiet_transformers', 'head_names', 'load_processor', 'load_model',
-           'tiny_text_model', 'tiny_bert', 'tiny_vit', 'tiny_image_processor', 'vit_b16_random', 'LoRA', 'find_blocks',
+           'tiny_text_model', 'tiny_bert', 'tiny_vit', 'tiny_image_processor', 'vit_b16_random', 'find_blocks',
            'block_index', 'block_linear_names', 'resolve_targets', 'attach_lora', 'num_blocks', 'block_lora_names',
            'check_blocks', 'set_trainable_blocks', 'trainable_parameters', 'get_lora_state', 'set_lora_state',
            'get_head_state', 'set_head_state', 'FedLoraModel', 'model_depth']
@@ -268,36 +268,6 @@ def vit_b16_random(num_labels:int=100, # classes of the head (CIFAR-100 in the p
                        image_size=224, patch_size=16, num_labels=check_int('num_labels', num_labels, ge=2))
     return _seeded_from_config(AutoModelForImageClassification, config, seed)
 
-# %% ../nbs/04_model.ipynb #49489465
-@dataclass(frozen=True)
-class LoRA:
-    "Which linear modules get LoRA adapters, and their rank, scale and dropout."
-    r: int = 8                                    # rank of A and B
-    alpha: float = 16.0                           # scale numerator: the update is (alpha/r) B A
-    dropout: float = 0.1                          # dropout on the adapter's input, in [0, 1)
-    targets: tuple[str, ...] = ('query', 'value') # module names inside each block (mapped per architecture)
-
-    def __post_init__(self):
-        object.__setattr__(self, 'r', check_int('r', self.r, ge=1))
-        object.__setattr__(self, 'alpha', check_number('alpha', self.alpha, gt=0))
-        object.__setattr__(self, 'dropout', check_number('dropout', self.dropout, ge=0, lt=1))
-        t = (self.targets,) if isinstance(self.targets, str) else self.targets
-        t = tuple(t) if isinstance(t, Iterable) else ()
-        check(len(t) > 0 and all(isinstance(s, str) and s.strip() for s in t), 'targets', self.targets,
-              'expected a non-empty list of module names, e.g. query, value')
-        object.__setattr__(self, 'targets', t)
-
-    @property
-    def scale(self) -> float:
-        "alpha / r, the factor in front of B A."
-        return self.alpha / self.r
-
-    @classmethod
-    def from_settings(cls, settings # anything with r, alpha, dropout, targets (e.g. `ExperimentConfig.lora`)
-                     ) -> 'LoRA':
-        "The `LoRA` of a configuration section."
-        return cls(settings.r, settings.alpha, settings.dropout, tuple(settings.targets))
-
 # %% ../nbs/04_model.ipynb #3bbd4a29
 def find_blocks(model:nn.Module # a transformers model, with or without peft
                ) -> tuple[str, int]:
@@ -345,13 +315,13 @@ def resolve_targets(model:nn.Module,       # a transformers model (without LoRA)
 
 # %% ../nbs/04_model.ipynb #065b792b
 def attach_lora(model:nn.Module, # a transformers classification model without adapters (modified in place)
-                lora:LoRA=LoRA(),# the adapters' configuration
+                lora:LoraSettings=LoraSettings(),# the adapters' configuration
                 seed:int=0       # seeds the random initialisation of the A matrices
                ) -> nn.Module:
     "`model` wrapped by peft with LoRA adapters on the target modules of every block; all parameters frozen."
     from peft import LoraConfig, get_peft_model
     check(not hasattr(model, 'peft_config'), 'model', type(model).__name__, 'already has LoRA adapters')
-    check(isinstance(lora, LoRA), 'lora', lora, 'expected a LoRA configuration')
+    check(isinstance(lora, LoraSettings), 'lora', lora, 'expected a LoRA configuration')
     seed = check_int('seed', seed, ge=0)
     head_names(model)                                        # checks that it is a classification model
     wanted = set(resolve_targets(model, lora.targets).values())
@@ -451,7 +421,7 @@ class FedLoraModel:
     def __init__(self,
                  model:nn.Module,       # a model with LoRA adapters (`attach_lora`)
                  processor=None,        # its tokenizer or image processor
-                 lora:LoRA|None=None    # the configuration the adapters were made with
+                 lora:LoraSettings|None=None    # the configuration the adapters were made with
                 ):
         self.model, self.processor, self.lora = model, processor, lora
         self.blocks_path, self.num_blocks = find_blocks(model)
@@ -462,12 +432,12 @@ class FedLoraModel:
     def load(cls,
              name:str=DEFAULT_MODEL, # see `load_model`
              num_labels:int=2,       # classes of the new head
-             lora:LoRA=LoRA(),       # the adapters
+             lora:LoraSettings=LoraSettings(),       # the adapters
              kind:str='auto',        # 'text', 'image' or 'auto'
              seed:int=0              # seeds the head and the A matrices
             ) -> 'FedLoraModel':
         "Load a backbone with a new head (`load_model`) and attach LoRA (`attach_lora`)."
-        check(isinstance(lora, LoRA), 'lora', lora, 'expected a LoRA configuration')
+        check(isinstance(lora, LoraSettings), 'lora', lora, 'expected a LoRA configuration')
         model, processor = load_model(name, num_labels, kind, seed)
         return cls(attach_lora(model, lora, seed), processor, lora)
 

@@ -5,9 +5,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from fedhello_nb.config import LoraSettings
 from fedhello_nb.validate import FedHelloError
 from fedhello_nb.data import load_data
-from fedhello_nb.model import FedLoraModel, LoRA
+from fedhello_nb.model import FedLoraModel
 from fedhello_nb.allocation import FIMStrategy
 from fedhello_nb.fim import (split_proxy, proxy_loader, per_sample_grads, fim_scores, fim_probability_table,
                              FIMScorer, lora_names)
@@ -25,7 +26,7 @@ def proxy(task):
 
 @pytest.fixture(scope='module')
 def fm(task):
-    return FedLoraModel.load('all-MiniLM-L6-v2', num_labels=task.num_classes, lora=LoRA(r=8, alpha=16, dropout=0.1))
+    return FedLoraModel.load('all-MiniLM-L6-v2', num_labels=task.num_classes, lora=LoraSettings(r=8, alpha=16, dropout=0.1))
 
 
 def test_default_model_100_samples_under_a_minute(fm, proxy):

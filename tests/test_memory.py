@@ -3,11 +3,12 @@ benchmark in --tiny mode, the whole-process cross-check, and the CUDA path where
 import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import re, subprocess, sys
+from fedhello_nb.config import LoraSettings
 from pathlib import Path
 import pytest
 import torch
 from fedhello_nb.validate import FedHelloError
-from fedhello_nb.model import LoRA, FedLoraModel, attach_lora, tiny_bert
+from fedhello_nb.model import FedLoraModel, attach_lora, tiny_bert
 from fedhello_nb.allocation import scale_capacities
 from fedhello_nb.memory import (Allocation, MemoryEstimator, build_model, measure_memory, measure_rss,
                                 compare_allocations, pattern_allocations, capacity_for_budget, plan_for_budgets,
@@ -27,7 +28,7 @@ def one_thread():
 
 @pytest.fixture(scope='module')
 def minilm():
-    fm = build_model('all-MiniLM-L6-v2', LoRA(r=16))
+    fm = build_model('all-MiniLM-L6-v2', LoraSettings(r=16))
     return fm, MemoryEstimator.calibrate(fm)
 
 
@@ -146,7 +147,7 @@ def test_bench_tiny():
 
 
 def test_rss_cross_check():
-    rss = measure_rss('tiny-bert', Allocation([2, 3]), batch=8, seq_len=64, lora=LoRA(r=4))
+    rss = measure_rss('tiny-bert', Allocation([2, 3]), batch=8, seq_len=64, lora=LoraSettings(r=4))
     assert rss['rss_base'] > rss['params'] > 0
     assert rss['rss_peak'] >= rss['rss_base'] and rss['ru_maxrss'] >= rss['rss_peak'] * 0.99
     assert rss['tensors_step'] > rss['activations'] > 0
@@ -158,7 +159,7 @@ def test_rss_cross_check():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_cuda_peak():
-    lora = LoRA(r=4)
+    lora = LoraSettings(r=4)
     fm = FedLoraModel(attach_lora(tiny_bert(3), lora).cuda(), None, lora)
     r = measure_memory(fm, Allocation([2, 3]), batch=8, seq_len=32, time_steps=2)
     assert r.source == 'measured (cuda)'

@@ -4,9 +4,10 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import warnings
 import pytest
 import torch
+from fedhello_nb.config import LoraSettings, make_config
 from safetensors.torch import save, load
 from fedhello_nb.validate import FedHelloError
-from fedhello_nb.model import (FedLoraModel, LoRA, load_model, attach_lora, block_lora_names, head_names,
+from fedhello_nb.model import (FedLoraModel, load_model, attach_lora, block_lora_names, head_names,
                                num_blocks, set_trainable_blocks, get_lora_state, set_lora_state, get_head_state,
                                set_head_state, find_blocks, block_index)
 
@@ -15,7 +16,7 @@ SENTENCES = ['my card was charged twice for one coffee', 'how do I change the PI
 
 @pytest.fixture(scope='module')
 def fm():
-    return FedLoraModel.load('all-MiniLM-L6-v2', num_labels=3, lora=LoRA(r=4, alpha=8, dropout=0.0))
+    return FedLoraModel.load('all-MiniLM-L6-v2', num_labels=3, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
 
 
 def test_load_is_quiet(capfd):
@@ -82,9 +83,10 @@ def test_bad_input(fm):
     with pytest.raises(FedHelloError, match=r'invalid blocks=\[6\]: expected block indices in 0..5 \(the model has L=6 blocks\)'):
         fm.set_trainable([6])
     with pytest.raises(FedHelloError, match="invalid targets='qkv'.*available: dense, key, query, value"):
-        attach_lora(load_model(num_labels=2)[0], LoRA(targets=('query', 'qkv')))
-    with pytest.raises(FedHelloError, match='invalid r=0'): LoRA(r=0)
-    with pytest.raises(FedHelloError, match='invalid alpha='): LoRA(alpha=-1)
-    with pytest.raises(FedHelloError, match='invalid dropout='): LoRA(dropout=1)
+        attach_lora(load_model(num_labels=2)[0], LoraSettings(targets=('query', 'qkv')))
+    # the adapters' settings are the configuration's lora section: make_config names the field
+    with pytest.raises(FedHelloError, match='invalid lora.r=0'): make_config({'lora': {'r': 0}})
+    with pytest.raises(FedHelloError, match='invalid lora.alpha='): make_config({'lora': {'alpha': -1}})
+    with pytest.raises(FedHelloError, match='invalid lora.dropout='): make_config({'lora': {'dropout': 1}})
     with pytest.raises(FedHelloError, match='expected LoRA parameter names'):
         set_lora_state(fm.model, {'nope': torch.zeros(1)})
