@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fedhello_nb.config import make_config
+from fedhello_nb.runio import stream_seed
 from fedhello_nb.engine import Federation, run_round, select_clients
 from fedhello_nb.aggregate import ClientUpdate, layerwise_average
 from fedhello_nb.allocation import gd_sets
@@ -38,8 +39,9 @@ def settings(tiny:bool, args) -> dict:
 
 
 def client_batches(fed, ins, pad_to=None):
-    "The batches a client draws in its local steps (same seed as train_client), optionally padded to `pad_to`."
-    loader = make_loader(fed.train_set, fed.client_indices(ins.client), ins.train.batch_size, shuffle=True, seed=ins.seed)
+    "The batches a client draws in its local steps (the seed of train_client's batches stream), optionally padded to `pad_to`."
+    seed = stream_seed(ins.seed, 'batches')
+    loader = make_loader(fed.train_set, fed.client_indices(ins.client), ins.train.batch_size, shuffle=True, seed=seed)
     if pad_to is not None:
         base = fed.train_set.collate
         def collate(items):
@@ -51,7 +53,7 @@ def client_batches(fed, ins, pad_to=None):
                 if 'token_type_ids' in b: b['token_type_ids'] = F.pad(b['token_type_ids'], (0, extra), value=0)
             return b
         loader = torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True,
-                                             collate_fn=collate, generator=torch.Generator().manual_seed(ins.seed))
+                                             collate_fn=collate, generator=torch.Generator().manual_seed(seed))
     out, it = [], iter(loader)
     for _ in range(ins.train.steps_for(len(fed.client_indices(ins.client)))):
         try: out.append(next(it))

@@ -26,3 +26,17 @@ def test_memory_compute_args(capsys):
                       (['--vit-batch', '0'], '--vit-batch must be >= 1')):
         with pytest.raises(SystemExit) as e: parse(argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err, argv
+
+def test_round_metrics_tiny(tmp_path, capsys):
+    "round_metrics writes the per-round metrics of a strategy, and its comparison finds a changed number."
+    import json
+    mod = load('round_metrics')
+    mod.main(['--out', str(tmp_path/'a.json'), '--strategies', 'rgd'])
+    res = json.loads((tmp_path/'a.json').read_text())
+    assert len(res['rgd']['rounds']) == 3 and len(res['rgd']['clients']) == 9
+    assert not mod.main(['--compare', str(tmp_path/'a.json'), str(tmp_path/'a.json')])['rgd']
+    res['rgd']['rounds'][1]['selected'] += 1
+    (tmp_path/'b.json').write_text(json.dumps(res))
+    diffs = mod.main(['--compare', str(tmp_path/'a.json'), str(tmp_path/'b.json')])['rgd']
+    assert [d[:3] for d in diffs] == [('rounds', 1, 'selected')]
+    assert 'rgd          1 differences' in capsys.readouterr().out
