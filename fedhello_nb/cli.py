@@ -79,7 +79,7 @@ def _print_results(run_dir:Path, summary:dict, out=None):
     files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith('.'))
     print(f'results: {run_dir}/ ({", ".join(files)})', file=out)
     if 'accuracy' in final:
-        f1 = final.get('macro_f1')   # None (null) for two classes, where macro-F1 is not reported
+        f1 = final.get('macro_f1')   # None (null) when it could not be computed
         f1_text = f' (macro-F1 {f1:.4f})' if f1 is not None else ''
         print(f"final accuracy: {final['accuracy']:.4f}{f1_text} after {int(final['round']) + 1} rounds", file=out)
 

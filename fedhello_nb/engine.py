@@ -201,7 +201,7 @@ def evaluate(fm:FedLoraModel, dataset, batch_size:int=64, device:str|torch.devic
     C = int(max(p.max(), y.max()) + 1) if len(y) else 0
     num_classes = len(getattr(dataset, 'label_names', [])) or C
     return {'accuracy': float((p == y).mean()), 'loss': loss_sum / len(y),
-            'macro_f1': macro_f1(y, p, num_classes) if num_classes > 2 else float('nan'), 'n': int(len(y))}
+            'macro_f1': macro_f1(y, p, num_classes), 'n': int(len(y))}
 
 def macro_f1(y_true, y_pred, num_classes:int) -> float:
     "Unweighted mean of per-class F1 over the classes present in `y_true` or `y_pred`."
