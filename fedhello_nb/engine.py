@@ -6,11 +6,10 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/engine.html.md"""
 
 # %% ../nbs/13_engine.ipynb #88ac6681
 from __future__ import annotations
-from .config import LoraSettings
 import json, logging, math, time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
@@ -18,7 +17,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from .validate import FedHelloError, check, check_int, check_number, check_choice
-from .config import ExperimentConfig, TrainConfig, make_config, STRATEGIES, RANK_STRATEGIES, HIER_STRATEGIES
+from .config import ExperimentConfig, TrainConfig, make_config, RANK_STRATEGIES, HIER_STRATEGIES
 from .data import load_data, make_dataset, make_loader
 from .partition import partition, held_out_rows
 from .model import FedLoraModel
@@ -434,11 +433,14 @@ def _merge_reply(fed:Federation, round:int, ins:TrainInstruction, r:Reply, rows:
     "Fold one reply into its client's row; the update if it is accepted, else None (the row says why)."
     u, k = r.update, ins.client
     m = u.metrics if u is not None else {}
-    row = rows.setdefault(k, client_row(fed, ins, 'ok'))
+    if k not in rows: rows[k] = client_row(fed, ins, 'ok')
+    row = rows[k]
     row['steps'] += int(m.get('steps', 0)); row['seconds'] += float(m.get('seconds', 0.0))
     if r.status == 'ok': losses[k].append(float(m['loss']))
     if r.status != 'ok' or row['status'] != 'ok':
-        if row['status'] == 'ok': row.update(status=r.status, error=r.error)
+        if row['status'] == 'ok':
+            if r.status == 'rejected': log_rejection(round, k, r.error)   # e.g. a malformed reply from a node
+            row.update(status=r.status, error=r.error)
         return None
     reason = rejection_reason(u)
     if reason is not None:

@@ -6,7 +6,6 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/memory.html.md"""
 
 # %% ../nbs/09_memory.ipynb #2de92f10
 from __future__ import annotations
-from .config import LoraSettings
 import copy, gc, json, math, os, re, statistics, subprocess, sys, time
 from dataclasses import dataclass, field, asdict, replace
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 from matplotlib.figure import Figure
 from .validate import FedHelloError, check, check_int, check_number, check_choice
-from .config import DEFAULT_MODEL, PATTERNS
+from .config import DEFAULT_MODEL, PATTERNS, LoraSettings
 from .model import (FedLoraModel, attach_lora, block_lora_names, check_blocks, find_blocks, head_names,
                     load_model, model_kind, set_trainable_blocks, vit_b16_random, quiet_transformers)
 from .allocation import CapacityPlan, gd_sets, rgd_probabilities, scale_capacities, check_probabilities, EXACT_MAX_LAYERS
@@ -804,8 +803,7 @@ def estimator_for(name:str=DEFAULT_MODEL, # a `build_model` name: 'all-MiniLM-L6
                  ):
     "A calibrated `MemoryEstimator` for a model, calibrated once and cached in the process and on disk."
     import hashlib, inspect
-    from fedhello_nb import memory
-    from fedhello_nb.memory import MemoryEstimator, build_model
+    from fedhello_nb import memory    # this module, by name: its source keys the cache
     rank = check_int('rank', rank, ge=1)
     key = (name, rank)
     if key in ESTIMATORS: return ESTIMATORS[key]
@@ -835,7 +833,6 @@ def class_memory(est,                          # a calibrated `MemoryEstimator` 
                  batch:int=32, seq_len:int=128, image_size:int|None=None
                 ) -> pd.DataFrame:
     "Per capacity class: the (expected) shallowest trained block, activations and peak memory, and full LoRA's peak."
-    from fedhello_nb.memory import Allocation, shallowest_distribution
     L = est.num_layers
     full = est.estimate(Allocation.full(L), batch, seq_len, image_size)
     rows = []
