@@ -119,6 +119,9 @@ class AllocationConfig(_Section):
         "Between FIM recomputations keep the probabilities, keep the maps, or fall back to RGD (the release).")
     fim_score: Literal['logprob', 'logit'] = Field('logprob', description="Score differentiated for FIM: log p(y|x) or the raw true-class logit (release).")
     fim_layer_score: Literal['frobenius', 'trace'] = Field('frobenius', description="Per-layer reduction of the Fisher diagonal.")
+    fim_method: Literal['auto', 'vmap', 'loop'] = Field('auto', description=
+        "Per-sample gradients for FIM: 'vmap' (batched), 'loop' (one sample at a time), or 'auto' (vmap where it is "
+        "checked to give the loop's gradients on the model, else the loop).")
     fim_mapping: Literal['levels', 'proportional', 'softmax'] = Field('levels', description="Scores to probabilities.")
     fim_temperature: float = Field(1.0, gt=0, description="Temperature for the softmax mapping.")
     depth: Optional[int] = Field(None, ge=1, description="Blocks from the output for 'depth'; None uses each client's capacity.")

@@ -23,9 +23,9 @@ from .model import FedLoraModel, block_lora_names
 from .allocation import COMPAT_MODES, fim_probabilities, expected_counts
 
 # %% auto #0
-__all__ = ['FIM_METHODS', 'proxy_indices', 'split_proxy', 'proxy_loader', 'eval_mode', 'lora_names', 'per_sample_grads',
-           'FisherDiagonal', 'fisher_diagonal', 'layer_scores', 'fim_scores', 'fim_probability_table', 'FIMScorer',
-           'fim_scorer', 'scorer_from_config']
+__all__ = ['FIM_METHODS', 'VMAP_MASKS', 'proxy_indices', 'split_proxy', 'proxy_loader', 'eval_mode', 'lora_names',
+           'per_sample_grads', 'model_label', 'vmap_mask', 'FisherDiagonal', 'FisherError', 'fisher_diagonal',
+           'layer_scores', 'fim_scores', 'fim_probability_table', 'FIMScorer', 'fim_scorer', 'scorer_from_config']
 
 # %% ../nbs/06_fim.ipynb #cb07c0c6
 def _quotas(counts:np.ndarray, n:int) -> np.ndarray:
@@ -93,6 +93,7 @@ def proxy_loader(proxy,                 # a LabeledSplit, a dataset with a `coll
 
 # %% ../nbs/06_fim.ipynb #02490c00
 FIM_METHODS = ('auto', 'vmap', 'loop')
+VMAP_MASKS = ('additive', 'keep')   # how a text sample's attention mask reaches the model inside `vmap`
 
 @contextmanager
 def eval_mode(model:nn.Module):
@@ -135,12 +136,14 @@ def per_sample_grads(model:nn.Module,           # a model with LoRA adapters (or
                      score:str='logprob',       # 'logprob' (empirical Fisher) or 'logit' (the release)
                      method:str='vmap',         # 'vmap' (batched) or 'loop' (one sample at a time)
                      names:Sequence[str]|None=None, # tensors to differentiate; None: all LoRA tensors
-                     device=None                # where the batch goes; None: the device of the model's parameters
+                     device=None,               # where the batch goes; None: the device of the model's parameters
+                     mask:str='additive'        # under vmap: an 'additive' 4-D mask, or the 2-D 'keep' mask as given
                     ) -> dict[str, torch.Tensor]:
     "The gradient of each sample's score w.r.t. each LoRA tensor: name -> tensor of shape (batch, *tensor shape)."
     model, _ = _unwrap(model)
     check_choice('score', score, FIM_SCORES)
     check_choice('method', method, FIM_METHODS[1:])
+    check_choice('mask', mask, VMAP_MASKS)
     check(isinstance(batch, dict) and 'labels' in batch, 'batch', type(batch).__name__, 'expected a dict of tensors with labels')
     names = lora_names(model) if names is None else list(names)
     params = dict(model.named_parameters())
@@ -153,10 +156,54 @@ def per_sample_grads(model:nn.Module,           # a model with LoRA adapters (or
     with eval_mode(model), warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*performance drop because we have not yet implemented the batching rule')
         if method == 'vmap':
-            return vmap(grad(_score_function(model, const, score, True)), in_dims=(None, 0))(lora, batch)
+            f = _score_function(model, const, score, mask == 'additive')
+            return vmap(grad(f), in_dims=(None, 0))(lora, batch)
         g = grad(_score_function(model, const, score, False))
         per = [g(lora, _sample(batch, i)) for i in range(len(batch['labels']))]
         return {n: torch.stack([p[n] for p in per]) for n in names}
+
+# %% ../nbs/06_fim.ipynb #f580b918
+def _tensor_label(name:str) -> str:
+    "A short column name for a LoRA tensor: `query.lora_A` for `...attention.self.query.lora_A.default.weight`."
+    m = re.search(r'([^.]+)\.(lora_[A-Za-z_]+?)(\.default)?\.weight$', name) or re.search(r'([^.]+)\.(lora_[A-Za-z_]+)', name)
+    return f'{m.group(1)}.{m.group(2)}' if m else name
+
+def model_label(model:nn.Module) -> str:
+    "The model's class and `model_type`, for messages: `DebertaV2ForSequenceClassification (deberta-v2)`."
+    model, _ = _unwrap(model)
+    inner = model.get_base_model() if hasattr(model, 'get_base_model') else model
+    kind = getattr(getattr(inner, 'config', None), 'model_type', None)
+    return type(inner).__name__ + (f' ({kind})' if kind else '')
+
+def _agree(a:dict, b:dict, rtol:float=1e-4) -> bool:
+    "Whether two per-sample gradients agree: every tensor finite and within `rtol` of the larger magnitude."
+    for n in a:
+        x, y = a[n].double(), b[n].double()
+        if not (torch.isfinite(x).all() and torch.isfinite(y).all()): return False
+        if (x - y).abs().max() > rtol * (1 + y.abs().max()): return False
+    return True
+
+def vmap_mask(model:nn.Module,          # a model with LoRA adapters
+              batch:dict,               # a padded batch (its most padded sample is the one checked)
+              score:str='logprob',      # the FIM score
+              names:Sequence[str]|None=None, device=None
+             ) -> tuple[str|None, str]:
+    "(the first of `VMAP_MASKS` whose vmap gradient equals the loop's on one sample, or None; what went wrong)."
+    model, _ = _unwrap(model)
+    m = batch.get('attention_mask')
+    i = int(m.sum(1).argmin()) if m is not None and m.dim() == 2 else 0
+    one = {k: v[i:i + 1] for k, v in batch.items()}
+    ref = per_sample_grads(model, one, score, 'loop', names, device)
+    problems = []
+    for form in VMAP_MASKS if m is not None and m.dim() == 2 else VMAP_MASKS[:1]:
+        try: g = per_sample_grads(model, one, score, 'vmap', names, device, mask=form)
+        except FedHelloError: raise
+        except Exception as e:
+            problems.append(f'{form} mask: {type(e).__name__}: {str(e).splitlines()[0][:120]}')
+            continue
+        if _agree(g, ref): return form, ''
+        problems.append(f'{form} mask: gradients differ from the loop')
+    return None, '; '.join(problems)
 
 # %% ../nbs/06_fim.ipynb #0d436daa
 @dataclass
@@ -168,12 +215,24 @@ class FisherDiagonal:
     score: str                       # 'logprob' or 'logit'
     method: str                      # 'vmap' or 'loop': how the gradients were computed
     seconds: float = 0.0             # wall time of the computation
+    mask: str|None = None            # the vmap mask form that was checked against the loop (None: the loop ran)
+
+class FisherError(FloatingPointError):
+    "Non-finite Fisher values: the message names the model, the block and the LoRA tensor."
+
+def _check_finite(model:nn.Module, values:dict, blocks:list):
+    for l, names in enumerate(blocks):
+        for n in names:
+            if not torch.isfinite(values[n]).all():
+                raise FisherError(f'non-finite Fisher values for {model_label(model)}, block {l} ({_tensor_label(n)}): '
+                                  f'the model gives NaN/inf scores or gradients there (a diverged global model?); '
+                                  f"method='loop' computes each sample on its own")
 
 def fisher_diagonal(model,                   # a FedLoraModel, or a torch model with LoRA adapters
                     proxy,                   # the proxy set: LabeledSplit, dataset or DataLoader (see `proxy_loader`)
                     score:str='logprob',     # 'logprob' (empirical Fisher) or 'logit' (the release)
                     batch_size:int=32,       # samples per vmap call
-                    method:str='auto',       # 'vmap', 'loop', or 'auto' (vmap, falling back to the loop)
+                    method:str='auto',       # 'vmap', 'loop', or 'auto' (vmap where it is checked to equal the loop)
                     processor=None,          # tokenizer for a text LabeledSplit (default: the FedLoraModel's)
                     max_length:int=128,      # longest token sequence for a text LabeledSplit
                     device=None              # where the batches go; None: the model's device
@@ -187,29 +246,25 @@ def fisher_diagonal(model,                   # a FedLoraModel, or a torch model 
     blocks = block_lora_names(model)
     names = [n for b in blocks for n in b]
     acc = {n: torch.zeros(p.shape, dtype=torch.float64) for n, p in model.named_parameters() if n in set(names)}
-    total, used = 0, method
+    total, used, form = 0, method, None
     for batch in loader:
-        if used == 'auto':
-            try: g, used = per_sample_grads(model, batch, score, 'vmap', names, device), 'vmap'
-            except FedHelloError: raise
-            except Exception as e:
-                warnings.warn(f'vmap could not trace {type(model).__name__} ({type(e).__name__}: '
-                              f'{str(e).splitlines()[0][:160]}); computing per-sample gradients in a loop', UserWarning)
-                used = 'loop'
-                g = per_sample_grads(model, batch, score, used, names, device)
-        else: g = per_sample_grads(model, batch, score, used, names, device)
+        if used in ('auto', 'vmap') and form is None:      # first batch: which mask form gives the loop's gradients
+            form, why = vmap_mask(model, batch, score, names, device)
+            if form is None:
+                check(used == 'auto', 'method', 'vmap', f'vmap cannot give the per-sample gradients of '
+                      f'{model_label(model)} ({why}); use method=loop or auto')
+                warnings.warn(f'vmap cannot give the per-sample gradients of {model_label(model)} ({why}); '
+                              f'computing them in a loop', UserWarning)
+            used = 'vmap' if form is not None else 'loop'
+        g = per_sample_grads(model, batch, score, used, names, device, mask=form or 'additive')
         for n in names: acc[n] += (g[n].detach().double() ** 2).sum(0).cpu()
         total += len(batch['labels'])
     check(total > 0, 'proxy', 'no batches', 'expected at least one labelled sample')
-    return FisherDiagonal({n: (a / total).float() for n, a in acc.items()}, blocks, total, score,
-                          'vmap' if used == 'auto' else used, time.perf_counter() - start)
+    values = {n: (a / total).float() for n, a in acc.items()}
+    _check_finite(model, values, blocks)
+    return FisherDiagonal(values, blocks, total, score, used, time.perf_counter() - start, form)
 
 # %% ../nbs/06_fim.ipynb #4ce0a61d
-def _tensor_label(name:str) -> str:
-    "A short column name for a LoRA tensor: `query.lora_A` for `...attention.self.query.lora_A.default.weight`."
-    m = re.search(r'([^.]+)\.(lora_[A-Za-z_]+?)(\.default)?\.weight$', name) or re.search(r'([^.]+)\.(lora_[A-Za-z_]+)', name)
-    return f'{m.group(1)}.{m.group(2)}' if m else name
-
 def layer_scores(fisher:FisherDiagonal,       # what `fisher_diagonal` returned
                  layer_score:str='frobenius'  # 'frobenius' (sum of ||F_p||_F) or 'trace' (sum of F_p)
                 ) -> pd.DataFrame:
@@ -222,7 +277,7 @@ def layer_scores(fisher:FisherDiagonal,       # what `fisher_diagonal` returned
         if len(parts) < len(names): parts = {n: reduce(fisher.values[n]) for n in names}   # labels collide: full names
         rows.append({'block': l, 'score': sum(parts.values()), 'n_samples': fisher.n_samples, **parts})
     table = pd.DataFrame(rows)
-    table.attrs.update(score=fisher.score, layer_score=layer_score, method=fisher.method, seconds=fisher.seconds)
+    table.attrs.update(score=fisher.score, layer_score=layer_score, method=fisher.method, mask=fisher.mask, seconds=fisher.seconds)
     return table
 
 # %% ../nbs/06_fim.ipynb #e8379f56
@@ -331,7 +386,7 @@ def scorer_from_config(config,            # an `ExperimentConfig`
                        batch_size:int=32, # samples per vmap call
                        device=None        # where the batches go; None: the scored model's device
                       ) -> FIMScorer:
-    "The `FIMScorer` an `ExperimentConfig` describes: its FIM score (compat='release' set it to the logit) and layer score."
+    "The `FIMScorer` an `ExperimentConfig` describes: its FIM score (compat='release' set it to the logit), layer score and method."
     a = config.allocation
     return fim_scorer(proxy, model, a.fim_score, a.fim_layer_score, batch_size,
-                      'auto', processor, config.model.max_length, a.compat, device)
+                      a.fim_method, processor, config.model.max_length, a.compat, device)

@@ -18,16 +18,17 @@ from .validate import FedHelloError, check, check_int, check_number, check_choic
 from .config import DEFAULT_MODEL, LoraSettings
 
 # %% auto #0
-__all__ = ['DEFAULT_MODEL_NAMES', 'TINY_MODEL_NAMES', 'MODEL_KINDS', 'TARGET_ALIASES', 'default_model_path', 'hub_offline',
-           'resolve_model', 'model_kind', 'quiet_transformers', 'head_names', 'load_processor', 'load_model',
-           'tiny_text_model', 'tiny_bert', 'tiny_vit', 'tiny_image_processor', 'vit_b16_random', 'find_blocks',
-           'block_index', 'block_linear_names', 'resolve_targets', 'attach_lora', 'num_blocks', 'block_lora_names',
-           'check_blocks', 'set_trainable_blocks', 'trainable_parameters', 'get_lora_state', 'set_lora_state',
-           'get_head_state', 'set_head_state', 'FedLoraModel', 'model_depth']
+__all__ = ['DEFAULT_MODEL_NAMES', 'TINY_TEXT_MODELS', 'TINY_MODEL_NAMES', 'MODEL_KINDS', 'TEXT_MODEL_TYPES', 'TARGET_ALIASES',
+           'default_model_path', 'hub_offline', 'resolve_model', 'model_kind', 'quiet_transformers', 'head_names',
+           'load_processor', 'load_model', 'tiny_text_model', 'tiny_bert', 'tiny_vit', 'tiny_image_processor',
+           'vit_b16_random', 'find_blocks', 'block_index', 'block_linear_names', 'resolve_targets', 'attach_lora',
+           'num_blocks', 'block_lora_names', 'check_blocks', 'set_trainable_blocks', 'trainable_parameters',
+           'get_lora_state', 'set_lora_state', 'get_head_state', 'set_head_state', 'FedLoraModel', 'model_depth']
 
 # %% ../nbs/04_model.ipynb #ee553a14
 DEFAULT_MODEL_NAMES = (DEFAULT_MODEL, 'sentence-transformers/all-MiniLM-L6-v2') # names of the packaged default
-TINY_MODEL_NAMES = ('tiny-bert', 'tiny-vit') # random test models (see `tiny_bert`, `tiny_vit`)
+TINY_TEXT_MODELS = {'tiny-bert': 'bert', 'tiny-roberta': 'roberta', 'tiny-deberta': 'deberta-v2'} # name -> model_type
+TINY_MODEL_NAMES = (*TINY_TEXT_MODELS, 'tiny-vit') # random test models (see `tiny_text_model`, `tiny_vit`)
 MODEL_KINDS = ('auto', 'text', 'image')
 
 def default_model_path() -> Path:
@@ -166,7 +167,7 @@ def _reset_head(model:nn.Module, seed:int):
                     if m.bias is not None: m.bias.zero_()
                 elif isinstance(m, nn.LayerNorm): m.weight.fill_(1.0); m.bias.zero_()
 
-def load_model(name:str=DEFAULT_MODEL, # 'all-MiniLM-L6-v2' (packaged), a local folder, a Hugging Face id, or 'tiny-bert'/'tiny-vit'
+def load_model(name:str=DEFAULT_MODEL, # 'all-MiniLM-L6-v2' (packaged), a local folder, a Hugging Face id, or one of `TINY_MODEL_NAMES`
                num_labels:int=2,       # classes of the new head
                kind:str='auto',        # 'text', 'image', or 'auto' (read from the model config)
                seed:int=0,             # seeds the new head's initialisation
@@ -176,9 +177,11 @@ def load_model(name:str=DEFAULT_MODEL, # 'all-MiniLM-L6-v2' (packaged), a local 
     num_labels, seed = check_int('num_labels', num_labels, ge=2), check_int('seed', seed, ge=0)
     check_choice('kind', kind, MODEL_KINDS)
     if isinstance(name, str) and name in TINY_MODEL_NAMES:
-        want = 'text' if name == 'tiny-bert' else 'image'
+        want = 'text' if name in TINY_TEXT_MODELS else 'image'
         check(kind in ('auto', want), 'kind', kind, f'{name!r} is an {want} model' if want == 'image' else f'{name!r} is a text model')
-        if name == 'tiny-bert': return tiny_bert(num_labels, seed=seed), load_processor(str(default_model_path()), 'text')
+        if want == 'text':
+            model = tiny_text_model(num_labels, model_type=TINY_TEXT_MODELS[name], seed=seed)
+            return model, load_processor(str(default_model_path()), 'text')
         return tiny_vit(num_labels, seed=seed), tiny_image_processor()
     source, local, config = resolve_model(name)
     kind = model_kind(config, kind)
@@ -196,6 +199,8 @@ def load_model(name:str=DEFAULT_MODEL, # 'all-MiniLM-L6-v2' (packaged), a local 
     return model, load_processor(source, kind, local)
 
 # %% ../nbs/04_model.ipynb #c0f91ddf
+TEXT_MODEL_TYPES = ('bert', 'roberta', 'deberta-v2', 'distilbert')   # the families `tiny_text_model` builds
+
 def _seeded_from_config(cls, config, seed:int):
     seed = check_int('seed', seed, ge=0)
     with quiet_transformers(), torch.random.fork_rng(devices=[]):
@@ -206,7 +211,7 @@ def tiny_text_model(num_labels:int=2,        # classes of the head
                     num_blocks:int=4,        # transformer blocks (L)
                     hidden:int=32,           # hidden size (a multiple of `heads`)
                     heads:int=2,             # attention heads
-                    model_type:str='bert',   # 'bert', 'roberta' or 'deberta-v2'
+                    model_type:str='bert',   # one of `TEXT_MODEL_TYPES`
                     vocab_size:int=30522,    # 30522 fits the packaged MiniLM tokenizer
                     seed:int=0               # seeds all weights
                    ) -> nn.Module:
@@ -216,10 +221,14 @@ def tiny_text_model(num_labels:int=2,        # classes of the head
     heads = check_int('heads', heads, ge=1)
     hidden = check_int('hidden', hidden, ge=heads)
     check(hidden % heads == 0, 'hidden', hidden, f'expected a multiple of heads={heads}')
-    check_choice('model_type', model_type, ('bert', 'roberta', 'deberta-v2'))
-    config = AutoConfig.for_model(model_type, vocab_size=check_int('vocab_size', vocab_size, ge=8), hidden_size=hidden,
-                                  num_hidden_layers=num_blocks, num_attention_heads=heads, intermediate_size=4*hidden,
-                                  max_position_embeddings=514, num_labels=num_labels)
+    check_choice('model_type', model_type, TEXT_MODEL_TYPES)
+    vocab_size = check_int('vocab_size', vocab_size, ge=8)
+    if model_type == 'distilbert':    # DistilBERT names the same sizes differently
+        config = AutoConfig.for_model(model_type, vocab_size=vocab_size, dim=hidden, n_layers=num_blocks, n_heads=heads,
+                                      hidden_dim=4*hidden, num_labels=num_labels)
+    else: config = AutoConfig.for_model(model_type, vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=num_blocks,
+                                        num_attention_heads=heads, intermediate_size=4*hidden,
+                                        max_position_embeddings=514, num_labels=num_labels)
     return _seeded_from_config(AutoModelForSequenceClassification, config, seed)
 
 def tiny_bert(num_labels:int=2, # classes of the head
@@ -492,14 +501,14 @@ class FedLoraModel:
 # %% ../nbs/04_model.ipynb #996b5ee4
 _DEPTHS: dict = {}
 
-def model_depth(name:str # `model.name` of a run: 'all-MiniLM-L6-v2', 'tiny-bert', 'tiny-vit', a local folder or a hub id
+def model_depth(name:str # `model.name` of a run: 'all-MiniLM-L6-v2', one of `TINY_MODEL_NAMES`, a local folder or a hub id
                ) -> int:
     "L, the transformer blocks of the model a run builds for `name`, read from its configuration (no weights loaded)."
     import inspect
-    from fedhello_nb.model import TINY_MODEL_NAMES, resolve_model, tiny_bert, tiny_vit
+    from fedhello_nb.model import TINY_MODEL_NAMES, TINY_TEXT_MODELS, resolve_model, tiny_text_model, tiny_vit
     if name not in _DEPTHS:
         if name in TINY_MODEL_NAMES:    # built at their default depth by `load_model`
-            _DEPTHS[name] = inspect.signature(tiny_bert if name == 'tiny-bert' else tiny_vit).parameters['num_blocks'].default
+            _DEPTHS[name] = inspect.signature(tiny_text_model if name in TINY_TEXT_MODELS else tiny_vit).parameters['num_blocks'].default
         else: _DEPTHS[name] = int(resolve_model(name)[2].num_hidden_layers)
     return _DEPTHS[name]
 

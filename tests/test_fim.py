@@ -91,3 +91,28 @@ def test_bad_input(fm, proxy):
     with pytest.raises(FedHelloError, match="invalid score='nll'"): fim_scores(fm, proxy, score='nll')
     with pytest.raises(FedHelloError, match="invalid layer_score='max'"): fim_scores(fm, proxy, layer_score='max')
     with pytest.raises(FedHelloError, match='invalid n_proxy=0'): split_proxy(proxy, 0)
+
+
+def test_fim_run_on_a_tiny_deberta_reaches_finite_fim_rounds(tmp_path):
+    # DeBERTa-v2 reads the attention mask as a keep mask: the additive mask vmap used to get gave NaN scores
+    from fedhello_nb.engine import run_experiment
+    seen = {}
+    def keep_scorer(fed): seen['scorer'] = fed.strategy.allocation.scorer
+    cfg = dict(model={'name': 'tiny-deberta'}, data={'max_train': 160, 'max_test': 40, 'proxy_size': 12},
+               clients={'num_clients': 4, 'per_round': 2}, allocation={'strategy': 'fim', 't_fim': 1},
+               train={'rounds': 2, 'local_steps': 1, 'batch_size': 8, 'seed': 0},
+               output={'dir': str(tmp_path/'run'), 'quiet': True})
+    res = run_experiment(cfg, setup=keep_scorer)
+    assert (res.rounds['phase'] == 'fim').all()
+    history = seen['scorer'].history
+    assert len(history) == 2 and all(t.attrs['mask'] == 'keep' for t in history)
+    assert all(np.isfinite(t['score']).all() and (t['score'] > 0).all() for t in history)
+    assert np.isfinite(res.rounds['accuracy']).all()
+
+
+def test_packaged_minilm_vmap_equals_the_loop(fm, proxy):
+    few = proxy.subset(range(12))
+    fast, slow = fim_scores(fm, few, method='auto', batch_size=6), fim_scores(fm, few, method='loop', batch_size=6)
+    assert (fast.attrs['method'], fast.attrs['mask'], slow.attrs['method']) == ('vmap', 'additive', 'loop')
+    s, r = fast['score'].to_numpy(), slow['score'].to_numpy()
+    np.testing.assert_allclose(s, r, rtol=0, atol=1e-5 * r.max())
