@@ -80,6 +80,9 @@ class DataConfig(_Section):
     max_test: Optional[int] = Field(None, ge=1, description="Evaluate on at most this many held-out rows.")
     proxy_size: int = Field(100, ge=1, description=
         "Samples in the server's proxy set for FIM scores, taken out of the training pool (paper: 50 to 1000).")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description=
+        "Share of the training pool (after the proxy rows) kept as the server's validation set, stratified: the best "
+        "round is chosen on it, never on the test split. 0: no validation set (the summary then has no best round).")
 
 class PartitionConfig(_Section):
     "How training data is split over clients (see the partition chapter)."
@@ -176,6 +179,9 @@ class EvalConfig(_Section):
     "Held-out evaluation."
     every: int = Field(1, ge=1, description="Evaluate every this many rounds (and always after the last).")
     batch_size: int = Field(64, ge=1, description="Evaluation batch size.")
+    local_fraction: float = Field(0.1, ge=0, lt=1, description=
+        "Share of each client's partition held out as its local test rows (at least one row of a client with two or "
+        "more): the global model's per-client accuracy (mean, spread, worst, 10th percentile). 0: none.")
 
 class OutputConfig(_Section):
     "Where and how results are written."

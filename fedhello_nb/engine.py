@@ -24,6 +24,8 @@ from .model import FedLoraModel
 from .allocation import AllocationMap, AllocationStrategy, CapacityPlan, strategy_from_config
 from .aggregate import ClientUpdate, layerwise_average
 from .fim import proxy_indices, scorer_from_config
+from .metrics import (Predictions, predict, scores, evaluate, macro_f1, client_scores, client_spread,
+                                 SPREAD_FIGURES, per_class, confusion, plot_confusion)
 from .runio import (check_run_dir, prepare_run_dir, discard_on_failure, save_checkpoint, load_checkpoint,
                                list_checkpoints, write_table, atomic_write, atomic_write_text, rng_state, set_rng_state,
                                stream_rng, stream_seed)
@@ -31,11 +33,13 @@ from .runio import (check_run_dir, prepare_run_dir, discard_on_failure, save_che
 _log = logging.getLogger('fedhello_nb.engine')   # the module's name, in the notebook too
 
 # %% auto #0
-__all__ = ['FIM_STRATEGIES', 'HELD_OUT_PER_CLIENT', 'PARAM_FIELDS', 'CLIENT_STATUSES', 'METRIC_COLUMNS', 'RESULT_FILES',
-           'derived_seed', 'select_clients', 'draw_failures', 'TrainInstruction', 'rejection_reason', 'log_rejection',
-           'LayerwiseStrategy', 'train_client', 'evaluate', 'macro_f1', 'config_errors', 'resolve_device', 'Federation',
-           'build_strategy', 'client_update_of', 'RoundPlan', 'plan_round', 'client_row', 'Reply', 'InProcessRuntime',
-           'finish_round', 'run_round', 'strict_json', 'RunResult', 'plot_metric', 'plot_trainers', 'run_experiment']
+__all__ = ['FIM_STRATEGIES', 'HELD_OUT_PER_CLIENT', 'PARAM_FIELDS', 'CLIENT_STATUSES', 'SPLIT_COLUMNS', 'CLIENT_SPREAD_COLUMNS',
+           'METRIC_COLUMNS', 'RESULT_FILES', 'STRATEGY_PREFIX', 'derived_seed', 'select_clients', 'draw_failures',
+           'TrainInstruction', 'rejection_reason', 'log_rejection', 'LayerwiseStrategy', 'train_client',
+           'config_errors', 'resolve_device', 'Federation', 'build_strategy', 'client_update_of', 'RoundPlan',
+           'plan_round', 'client_row', 'Reply', 'InProcessRuntime', 'finish_round', 'run_round', 'run_title',
+           'evaluated_models', 'RoundEvaluation', 'evaluate_round', 'strict_json', 'RunResult', 'plot_metric',
+           'plot_client_spread', 'plot_trainers', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -182,36 +186,6 @@ def train_client(fm:FedLoraModel,                     # the shared model (its st
     return ClientUpdate(instruction.client, delta, n,
                         {'loss': float(np.mean(losses)), 'steps': len(losses), 'seconds': time.perf_counter() - t0})
 
-# %% ../nbs/13_engine.ipynb #8cefe1f5
-@torch.no_grad()
-def evaluate(fm:FedLoraModel, dataset, batch_size:int=64, device:str|torch.device='cpu') -> dict:
-    "`{'accuracy', 'loss', 'macro_f1', 'n'}` of the model's current state on `dataset`."
-    model = fm.model
-    model.eval()
-    order = np.argsort(dataset.lengths, kind='stable') if hasattr(dataset, 'lengths') else None
-    preds, labels, loss_sum = [], [], 0.0
-    for batch in make_loader(dataset, order, batch_size):
-        batch = {k: v.to(device) for k,v in batch.items()}
-        y = batch.pop('labels')
-        logits = model(**batch).logits
-        loss_sum += F.cross_entropy(logits, y, reduction='sum').item()
-        preds.append(logits.argmax(-1).cpu()); labels.append(y.cpu())
-    p, y = torch.cat(preds).numpy(), torch.cat(labels).numpy()
-    C = int(max(p.max(), y.max()) + 1) if len(y) else 0
-    num_classes = len(getattr(dataset, 'label_names', [])) or C
-    return {'accuracy': float((p == y).mean()), 'loss': loss_sum / len(y),
-            'macro_f1': macro_f1(y, p, num_classes), 'n': int(len(y))}
-
-def macro_f1(y_true, y_pred, num_classes:int) -> float:
-    "Unweighted mean of per-class F1 over the classes present in `y_true` or `y_pred`."
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    f1s = []
-    for c in range(num_classes):
-        tp = np.sum((y_pred == c) & (y_true == c)); fp = np.sum((y_pred == c) & (y_true != c)); fn = np.sum((y_pred != c) & (y_true == c))
-        if tp + fp + fn == 0: continue
-        f1s.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1s)) if f1s else float('nan')
-
 # %% ../nbs/13_engine.ipynb #f658540f
 FIM_STRATEGIES = ('fedhello', 'fim')
 HELD_OUT_PER_CLIENT = 8    # validation rows each client of a HierFedLoRA run holds out (`held_out_rows`)
@@ -260,12 +234,14 @@ class Federation:
     test_set: object             # tokenised held-out rows
     proxy_set: object|None       # tokenised proxy rows for FIM (None when no strategy needs it)
     partition: object            # the `Partition` (indices into `client_rows`)
-    client_rows: np.ndarray      # rows of `train_set` that were partitioned (the proxy rows excluded)
+    client_rows: np.ndarray      # rows of `train_set` that were partitioned (proxy and validation rows excluded)
     plan: CapacityPlan
     strategy: object             # `LayerwiseStrategy`, or another method's strategy (see `build_strategy`)
     device: torch.device
     train_rows: list = field(default_factory=list) # per client: the rows of `train_set` it trains on
-    val_rows: list = field(default_factory=list)   # per client: rows it holds out for validation (HierFedLoRA's reward)
+    reward_rows: list = field(default_factory=list)# per client: rows it holds out for HierFedLoRA's reward
+    local_rows: list = field(default_factory=list) # per client: its local test rows (`eval.local_fraction`)
+    val_rows: np.ndarray = field(default_factory=lambda: np.array([], np.int64)) # the server's validation rows of `train_set`
 
     @property
     def num_blocks(self) -> int: return self.fm.num_blocks
@@ -273,6 +249,7 @@ class Federation:
     def client_indices(self, client:int) -> np.ndarray:
         "Rows of `train_set` that `client` trains on (its partition less the rows it holds out)."
         return self.train_rows[client]
+
 
     @classmethod
     def from_config(cls, config:ExperimentConfig|dict,
@@ -293,6 +270,13 @@ class Federation:
         labels = np.asarray(task.train.labels)
         # the proxy rows leave the pool for every method, so that every strategy partitions the same rows
         with config_errors('proxy'): client_rows, proxy_rows = proxy_indices(labels, d.proxy_size, seed=tr.seed)
+        val_rows = np.array([], np.int64)
+        if d.val_fraction > 0:      # the server's validation rows, stratified, from their own stream
+            n_val = max(1, round(d.val_fraction * len(client_rows)))
+            check(n_val < len(client_rows), 'data.val_fraction', d.val_fraction,
+                  f'leaves no training rows ({n_val} of the {len(client_rows)} rows after the proxy set)')
+            keep, val = proxy_indices(labels[client_rows], n_val, seed=stream_seed(tr.seed, 'validation'))
+            client_rows, val_rows = client_rows[keep], client_rows[val]
         proxy_set = make(task.train.subset(proxy_rows)) if a.strategy in FIM_STRATEGIES and client is None else None
         p, c = cfg.partition, cfg.clients
         with config_errors('partition'):
@@ -303,16 +287,19 @@ class Federation:
             plan = CapacityPlan(c.capacities, c.fractions, c.num_clients, c.membership, seed=tr.seed, num_layers=fm.num_blocks)
         # HierFedLoRA's clients hold a few rows out for its per-group reward; every other method trains on all of them
         holdout = HELD_OUT_PER_CLIENT if a.strategy in HIER_STRATEGIES else 0
-        train_rows, val_rows = held_out_rows([client_rows[i] for i in part.client_indices], holdout, seed=tr.seed)
+        kept, local_rows = held_out_rows([client_rows[i] for i in part.client_indices], seed=tr.seed,
+                                         fraction=cfg.eval.local_fraction, stream='local_test')
+        train_rows, reward_rows = held_out_rows(kept, holdout, seed=tr.seed)
         if client is not None:
             # a client tokenises only its own rows and builds neither the test set nor the strategy
             k = check_int('client', client, ge=0, lt=c.num_clients)
             mine = train_rows[k]
             train_rows = [np.arange(len(mine)) if j == k else np.array([], int) for j in range(c.num_clients)]
+            none = [np.array([], int)] * c.num_clients
             return cls(cfg, fm, task, make(task.train.subset(mine)), None, None, part, client_rows, plan, None, device,
-                       train_rows, [np.array([], int)] * c.num_clients)
+                       train_rows, none, none)
         fed = cls(cfg, fm, task, make(task.train), make(task.test), proxy_set, part, client_rows, plan, None, device,
-                  train_rows, val_rows)
+                  train_rows, reward_rows, local_rows, val_rows)
         fed.strategy = build_strategy(fed)
         return fed
 
@@ -470,9 +457,51 @@ def run_round(fed:Federation, round:int, state:dict[str, torch.Tensor],
     return finish_round(fed, plan, state, accepted, [rows[k] for k in plan.clients])
 
 
-# %% ../nbs/13_engine.ipynb #36a98c1d
-METRIC_COLUMNS = ('accuracy', 'macro_f1', 'eval_loss')
+# %% ../nbs/13_engine.ipynb #b2e326db
+SPLIT_COLUMNS = {'test': ('accuracy', 'macro_f1', 'eval_loss'), 'val': ('val_accuracy', 'val_macro_f1', 'val_loss')}
+CLIENT_SPREAD_COLUMNS = tuple(f'client_acc_{f}' for f in SPREAD_FIGURES)
+METRIC_COLUMNS = (*SPLIT_COLUMNS['test'], *SPLIT_COLUMNS['val'], *CLIENT_SPREAD_COLUMNS)  # an evaluated round's fields
 
+def run_title(config:ExperimentConfig) -> str:
+    "Method, data and model: the title of a run's plots."
+    return f'{config.allocation.strategy} · {config.data.source} · {config.model.name}'
+
+def evaluated_models(fed:Federation, state:dict[str, torch.Tensor]) -> list[tuple[list[int], dict]]:
+    "(clients, the state they are evaluated with): the global state for all, or each client's own (`client_states`)."
+    own = getattr(fed.strategy, 'client_states', None)
+    K = fed.config.clients.num_clients
+    if own is None: return [(list(range(K)), state)]
+    states = own(state)
+    return [([k], states[k]) for k in range(K)]
+
+@dataclass
+class RoundEvaluation:
+    "What an evaluated round measured."
+    fields: dict               # the round row's `METRIC_COLUMNS`
+    clients: pd.DataFrame      # one row per client: its local test rows' `accuracy`, `macro_f1`, `loss`, `n`
+    test: Predictions          # the test predictions (of every evaluated model, one after another)
+
+def evaluate_round(fed:Federation, state:dict[str, torch.Tensor]) -> RoundEvaluation:
+    "The test split, the validation rows and every client's local test rows, for the global (or each client's) model."
+    bs, dev, C = fed.config.eval.batch_size, fed.device, fed.task.num_classes
+    tests, vals, per = [], [], []
+    for clients, st in evaluated_models(fed, state):
+        fed.fm.load_state(st)
+        tests.append(predict(fed.fm, fed.test_set, None, bs, dev))
+        vals.append(predict(fed.fm, fed.train_set, fed.val_rows, bs, dev))
+        rows = [fed.local_rows[k] for k in clients]
+        mine = predict(fed.fm, fed.train_set, np.concatenate(rows) if rows else [], bs, dev)
+        per.append(client_scores(mine, np.repeat(clients, [len(r) for r in rows]), clients, C))
+    # with one model per client the split figures are the mean over the clients' models
+    mean = lambda preds: {k: float(np.mean([scores(p, C)[k] for p in preds])) for k in ('accuracy', 'macro_f1', 'loss')}
+    t, v, per = mean(tests), mean(vals), pd.concat(per, ignore_index=True)
+    fields = dict(zip(SPLIT_COLUMNS['test'], (t['accuracy'], t['macro_f1'], t['loss'])))
+    fields |= dict(zip(SPLIT_COLUMNS['val'], (v['accuracy'], v['macro_f1'], v['loss'])))
+    fields |= {f'client_acc_{k}': x for k, x in client_spread(per['accuracy']).items()}
+    test = Predictions(*(np.concatenate([getattr(p, a) for p in tests]) for a in ('rows', 'y', 'p', 'loss')))
+    return RoundEvaluation(fields, per, test)
+
+# %% ../nbs/13_engine.ipynb #36a98c1d
 def strict_json(x):
     "`x` with NaN and infinities as None (JSON null), so that summary.json parses in every reader, not only Python's."
     if isinstance(x, dict): return {k: strict_json(v) for k, v in x.items()}
@@ -490,20 +519,33 @@ class RunResult:
     clients: pd.DataFrame      # one row per round and selected client
     state: dict                # the final global LoRA and head tensors
     resumed_from: int = 0      # rounds already done when this call started (0: a fresh run)
+    client_eval: pd.DataFrame = field(default_factory=pd.DataFrame)  # per evaluated round and client: local test figures
+
+    def _evaluated(self) -> pd.DataFrame: return self.rounds.dropna(subset=['accuracy'])
 
     @property
     def final(self) -> dict:
         "The last evaluated round's metrics."
-        ev = self.rounds.dropna(subset=['accuracy'])
+        ev = self._evaluated()
         return ev.iloc[-1][['round', *METRIC_COLUMNS]].to_dict() if len(ev) else {}
+
+    @property
+    def best_val(self) -> dict:
+        "The metrics of the evaluated round with the best validation accuracy (the earliest of ties); {} without validation rows."
+        ev = self._evaluated().dropna(subset=['val_accuracy'])
+        return ev.loc[ev['val_accuracy'].idxmax(), ['round', *METRIC_COLUMNS]].to_dict() if len(ev) else {}
 
     def plot_metric(self, metric:str='accuracy', ax=None):
         "The evaluation metric per round."
-        return plot_metric(self.rounds, metric, ax=ax, title=self.config.name)
+        return plot_metric(self.rounds, metric, ax=ax, title=run_title(self.config))
 
     def plot_trainers(self, ax=None):
         "How many clients trained each layer, round by round."
-        return plot_trainers(self.rounds, ax=ax)
+        return plot_trainers(self.rounds, ax=ax, title=run_title(self.config))
+
+    def plot_clients(self, ax=None):
+        "The spread of the clients' local test accuracy over the evaluated rounds."
+        return plot_client_spread(self.rounds, ax=ax, title=run_title(self.config))
 
 def plot_metric(rounds:pd.DataFrame, metric:str='accuracy', ax=None, title:str|None=None, label:str|None=None):
     "Line plot of `metric` over the evaluated rounds; returns the figure."
@@ -517,7 +559,22 @@ def plot_metric(rounds:pd.DataFrame, metric:str='accuracy', ax=None, title:str|N
     ax.figure.tight_layout()
     return ax.figure
 
-def plot_trainers(rounds:pd.DataFrame, ax=None):
+def plot_client_spread(rounds:pd.DataFrame, ax=None, title:str|None=None):
+    "The clients' local test accuracy per evaluated round: mean with its standard deviation, 10th percentile, worst."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(5, 3))
+    ev = rounds.dropna(subset=['client_acc_mean'])
+    x = ev['round'] + 1
+    ax.plot(x, ev['client_acc_mean'], marker='o', ms=3, label='mean')
+    ax.fill_between(x, ev['client_acc_mean'] - ev['client_acc_std'], ev['client_acc_mean'] + ev['client_acc_std'], alpha=.2, label='± std')
+    ax.plot(x, ev['client_acc_p10'], ls='--', label='10th percentile')
+    ax.plot(x, ev['client_acc_min'], ls=':', label='worst client')
+    ax.set_xlabel('round'); ax.set_ylabel('local test accuracy'); ax.grid(alpha=.3); ax.legend(fontsize=7)
+    if title: ax.set_title(title)
+    ax.figure.tight_layout()
+    return ax.figure
+
+def plot_trainers(rounds:pd.DataFrame, ax=None, title:str|None=None):
     "Heatmap of trainers per layer (rows: layers, deep at the top; columns: rounds); returns the figure."
     import matplotlib.pyplot as plt
     cols = sorted((c for c in rounds.columns if c.startswith('trainers_')), key=lambda c: int(c.split('_')[1]))
@@ -527,6 +584,7 @@ def plot_trainers(rounds:pd.DataFrame, ax=None):
                    extent=(rounds['round'].min() + .5, rounds['round'].max() + 1.5, -.5, len(cols) - .5))
     ax.set_xlabel('round'); ax.set_ylabel('layer (block)')
     ax.figure.colorbar(im, ax=ax, label='clients training it')
+    if title: ax.set_title(title)
     ax.figure.tight_layout()
     return ax.figure
 
@@ -557,15 +615,29 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
         res, seconds = _run_rounds(fed, run_dir, resuming, runtime or InProcessRuntime(), on_round_end, keep)
     _save_png(res.plot_metric(), run_dir/'metric.png')
     _save_png(res.plot_trainers(), run_dir/'trainers.png')
-    ev = res.rounds.dropna(subset=['accuracy'])
-    summary = {'name': cfg.name, 'rounds': cfg.train.rounds, 'final': res.final,
-               'best_accuracy': float(ev['accuracy'].max()) if len(ev) else None,
-               'seconds_this_call': seconds, 'resumed_from': res.resumed_from, **extra}
+    if res.rounds['client_acc_mean'].notna().any(): _save_png(res.plot_clients(), run_dir/'clients_accuracy.png')
+    final_test = evaluate_round(fed, res.state).test           # the final model(s), per class and confused with what
+    names = fed.task.label_names
+    write_table(per_class(final_test, names), run_dir/'per_class', cfg.output.format)
+    write_table(cm := confusion(final_test, names), run_dir/'confusion', cfg.output.format)
+    _save_png(plot_confusion(cm, names, run_title(cfg)), run_dir/'confusion.png')
+    summary = {'name': cfg.name, 'rounds': cfg.train.rounds, 'final': res.final, 'best_val': res.best_val or None,
+               'best_on_test': _best_on_test(res.rounds), 'seconds_this_call': seconds,
+               'resumed_from': res.resumed_from, **extra}
     atomic_write_text(run_dir/'summary.json', json.dumps(strict_json(summary), indent=2, default=float))
     return res
 
+def _best_on_test(rounds:pd.DataFrame) -> dict|None:
+    "The highest test accuracy of any round, labelled as what it is: chosen on the test split, so optimistic."
+    ev = rounds.dropna(subset=['accuracy'])
+    if not len(ev): return None
+    r = ev.loc[ev['accuracy'].idxmax()]
+    return {'round': int(r['round']), 'accuracy': float(r['accuracy']),
+            'note': 'selected on the test split: optimistic, not a model-selection result (see best_val)'}
+
 # what a run writes that resuming without a checkpoint would overwrite
 RESULT_FILES = ('rounds.csv', 'rounds.parquet', 'clients.csv', 'clients.parquet', 'summary.json')
+STRATEGY_PREFIX = 'strategy/'   # checkpoint tensors a strategy keeps of its own (`state_tensors`, e.g. `local`'s client models)
 
 def _check_resumable(run_dir:Path):
     "Refuse to resume a folder with results but no checkpoint: starting again at round 0 would overwrite them."
@@ -584,34 +656,40 @@ def _run_rounds(fed:Federation, run_dir:Path,
     "The round loop, from round 0 or the newest checkpoint: (result, seconds it took)."
     cfg = fed.config
     out, tr = cfg.output, cfg.train
-    state, rounds, clients, start = fed.fm.state(), [], [], 0
+    state, rounds, clients, evals, start = fed.fm.state(), [], [], [], 0
     if resuming and (cp := load_checkpoint(run_dir)) is not None:
         tensors, saved = cp
         state = {k: tensors[k] for k in state}
         fed.strategy.load_state_dict(saved['strategy'])
+        if hasattr(fed.strategy, 'load_state_tensors'):
+            fed.strategy.load_state_tensors({k[len(STRATEGY_PREFIX):]: v for k, v in tensors.items() if k.startswith(STRATEGY_PREFIX)})
         set_rng_state(saved['rng'])
-        rounds, clients, start = saved['rounds'], saved['clients'], saved['round']
+        rounds, clients, evals, start = saved['rounds'], saved['clients'], saved.get('client_eval', []), saved['round']
     bar = _progress(tr.rounds, start, out.quiet, cfg.name)
     t_run = time.perf_counter()
     for t in range(start, tr.rounds):
         state, row, crow = run_round(fed, t, state, runtime)
         if (t + 1) % cfg.eval.every == 0 or t + 1 == tr.rounds:
-            fed.fm.load_state(state)
-            m = evaluate(fed.fm, fed.test_set, cfg.eval.batch_size, fed.device)
-            row.update(accuracy=m['accuracy'], macro_f1=m['macro_f1'], eval_loss=m['loss'])
-        else: row.update(accuracy=float('nan'), macro_f1=float('nan'), eval_loss=float('nan'))
+            ev = evaluate_round(fed, state)
+            row.update(ev.fields)
+            evals.extend({'round': t, **r} for r in ev.clients.to_dict('records'))
+        else: row.update(dict.fromkeys(METRIC_COLUMNS, float('nan')))
         rounds.append(row); clients.extend(crow)
         _write_tables(run_dir, rounds, clients, out.format)
+        if evals: write_table(pd.DataFrame(evals), run_dir/'client_eval', out.format)
         _write_strategy_results(fed.strategy, run_dir, out.format)
         keep()
         if out.checkpoint_every and ((t + 1) % out.checkpoint_every == 0 or t + 1 == tr.rounds):
-            save_checkpoint(run_dir, t + 1, state, {'strategy': fed.strategy.state_dict(), 'rng': rng_state(),
-                                                     'rounds': rounds, 'clients': clients})
+            own = fed.strategy.state_tensors() if hasattr(fed.strategy, "state_tensors") else {}
+            save_checkpoint(run_dir, t + 1, {**state, **{STRATEGY_PREFIX + k: v for k, v in own.items()}},
+                            {'strategy': fed.strategy.state_dict(), 'rng': rng_state(), 'rounds': rounds,
+                             'clients': clients, 'client_eval': evals})
         if not math.isnan(row['accuracy']): bar.set_postfix(accuracy=f"{row['accuracy']:.3f}", refresh=False)
         bar.update(1)
         if on_round_end is not None: on_round_end(row)
     bar.close()
-    res = RunResult(cfg, run_dir, pd.DataFrame(rounds), pd.DataFrame(clients), state, resumed_from=start)
+    res = RunResult(cfg, run_dir, pd.DataFrame(rounds), pd.DataFrame(clients), state, resumed_from=start,
+                    client_eval=pd.DataFrame(evals))
     return res, time.perf_counter() - t_run
 
 def _write_tables(run_dir:Path, rounds:list, clients:list, fmt:str):

@@ -395,9 +395,9 @@ def build_strategy(fed # the `Federation` (model, data, partition, capacity plan
         grouping = group_clients(hist, h.num_groups, resources=speeds, lam=h.lam)
         bandits = GroupBandits(arms, [speeds[g].tolist() for g in grouping.groups], clock.time_model(), h.deadline,
                                seed=tr.seed, c=h.exploration, num_layers=L)
-    # the federation holds each client's validation rows out of its training rows (`Federation.val_rows`)
+    # the federation holds each client's validation rows out of its training rows (`Federation.reward_rows`)
     return HierFedLoRA(grouping, bandits, clock, tr, fed.plan.client_capacities.tolist(),
-                       [fed.client_indices(k) for k in range(K)], fed.val_rows, state_loss(fed), weights=tr.weights,
+                       [fed.client_indices(k) for k in range(K)], fed.reward_rows, state_loss(fed), weights=tr.weights,
                        train_head=tr.head != 'frozen', seed=tr.seed)
 
 # %% ../nbs/15_hierfedlora.ipynb #4643067c

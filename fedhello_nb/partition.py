@@ -259,15 +259,20 @@ def partition(labels,                      # class id of every row (array-like),
 # %% ../nbs/03_partition.ipynb #48197e19
 def held_out_rows(client_rows:Sequence[np.ndarray], # each client's rows of the training set
                   per_client:int=8,                 # rows each client holds out (at most a fifth of its rows)
-                  seed:int=0                        # seed of the choice
+                  seed:int=0,                       # seed of the choice
+                  fraction:float|None=None,         # hold out this share of each client's rows instead of `per_client`
+                  stream:str='holdout'              # the random stream of the draw (one per purpose)
                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    "Per client: (training rows, held-out validation rows), disjoint, seeded."
+    "Per client: (rows it keeps, rows held out), disjoint, seeded per client."
     per_client = check_int('per_client', per_client, ge=0)
+    check(fraction is None or (isinstance(fraction, (int, float)) and 0 <= fraction < 1), 'fraction', fraction,
+          'expected a share in [0, 1)')
     train, val = [], []
     for k, rows in enumerate(client_rows):
         rows = np.asarray(rows)
-        n = min(per_client, len(rows) // 5)
-        pick = np.sort(stream_rng(seed, 'holdout', k).choice(len(rows), n, replace=False)) if n else np.array([], int)
+        if fraction is None: n = min(per_client, len(rows) // 5)
+        else: n = min(max(round(fraction * len(rows)), 1 if fraction > 0 else 0), len(rows) - 1) if len(rows) > 1 else 0
+        pick = np.sort(stream_rng(seed, stream, k).choice(len(rows), n, replace=False)) if n else np.array([], int)
         mask = np.zeros(len(rows), bool); mask[pick] = True
         train.append(rows[~mask]); val.append(rows[mask])
     return train, val

@@ -99,7 +99,8 @@ def _np_state(x):
     return (name, np.array(keys['__ndarray__'], dtype=keys['dtype']), pos, has_gauss, cached)
 
 # %% ../nbs/08_runio.ipynb #13897351
-STREAMS = {'selection': 1, 'failures': 2, 'allocation': 3, 'batches': 4, 'dropout': 5, 'holdout': 6}
+STREAMS = {'selection': 1, 'failures': 2, 'allocation': 3, 'batches': 4, 'dropout': 5, 'holdout': 6, 'local_test': 7,
+           'validation': 8}
 
 def stream_rng(seed:int,    # the run's (or the allocation's) seed
                purpose:str, # a key of `STREAMS`
