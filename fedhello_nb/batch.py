@@ -305,11 +305,12 @@ def collect(sweep_dir:str|Path,      # a folder written by `run_sweep`
         flat = make_config(plan['base'], **{'name': rid, **planned[rid]}).flat()
         pvals = {k: (str(flat[k]) if isinstance(flat.get(k), list) else flat.get(k)) for k in params}
         summary = _read_json(res/'summary.json')
-        final = summary.get('final') or {}
+        final, best = summary.get('final') or {}, summary.get('best_val') or {}
         rows.append({'run': rid, 'status': rec.get('status', 'pending'), 'error': rec.get('error'),
                      'seconds': rec.get('seconds'), **pvals,
-                     **{m: final.get(m) for m in ('accuracy', 'macro_f1', 'eval_loss')},
-                     'best_accuracy': summary.get('best_accuracy'), 'rounds': summary.get('rounds'),
+                     **{m: final.get(m) for m in ('accuracy', 'macro_f1', 'eval_loss', 'client_acc_min', 'client_acc_p10')},
+                     'best_val_round': best.get('round'), 'accuracy_at_best_val': best.get('accuracy'),
+                     'macro_f1_at_best_val': best.get('macro_f1'), 'rounds': summary.get('rounds'),
                      'dir': str(d/rid)})
         table = next((res/f'rounds.{x}' for x in ('csv', 'parquet') if (res/f'rounds.{x}').is_file()), None)
         if table is not None: rounds.append(read_table(table).assign(run=rid, **pvals))

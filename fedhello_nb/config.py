@@ -15,12 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .validate import FedHelloError
 
 # %% auto #0
-__all__ = ['PARTITION_SCHEMES', 'PATTERNS', 'STRATEGIES', 'RANK_STRATEGIES', 'HIER_STRATEGIES', 'ALL_STRATEGIES', 'RANK_SCALINGS',
-           'HOLD_MODES', 'FIM_SCORES', 'FIM_LAYER_SCORES', 'FIM_MAPPINGS', 'DEFAULT_MODEL', 'DEFAULT_DATA',
-           'RELEASE_SETTINGS', 'ModelConfig', 'LoraSettings', 'DataConfig', 'PartitionConfig', 'ClientsConfig',
-           'AllocationConfig', 'RankConfig', 'HierConfig', 'TrainConfig', 'EvalConfig', 'OutputConfig',
-           'ExperimentConfig', 'make_config', 'config_from_json', 'config_from_yaml', 'config_from_flat', 'load_config',
-           'parse_override', 'apply_overrides', 'config_fields']
+__all__ = ['PARTITION_SCHEMES', 'PATTERNS', 'STRATEGIES', 'RANK_STRATEGIES', 'HIER_STRATEGIES', 'LADDER_STRATEGIES',
+           'ALL_STRATEGIES', 'RANK_SCALINGS', 'HOLD_MODES', 'FIM_SCORES', 'FIM_LAYER_SCORES', 'FIM_MAPPINGS',
+           'DEFAULT_MODEL', 'DEFAULT_DATA', 'RELEASE_SETTINGS', 'ModelConfig', 'LoraSettings', 'DataConfig',
+           'PartitionConfig', 'ClientsConfig', 'AllocationConfig', 'RankConfig', 'HierConfig', 'TrainConfig',
+           'EvalConfig', 'OutputConfig', 'ExperimentConfig', 'make_config', 'config_from_json', 'config_from_yaml',
+           'config_from_flat', 'load_config', 'parse_override', 'apply_overrides', 'config_fields']
 
 # %% ../nbs/01_config.ipynb #dea2593f
 PARTITION_SCHEMES = ('iid', 'dirichlet', 'pathological', 'quantity')
@@ -28,7 +28,8 @@ PATTERNS = ('triangle', 'inverted_triangle', 'bottleneck', 'uniform', 'custom')
 STRATEGIES = ('fedhello', 'gd', 'rgd', 'fim', 'fedra', 'full', 'exclusive', 'straggler', 'depth')  # layer allocation
 RANK_STRATEGIES = ('hetlora', 'flexlora', 'flora')   # rank heterogeneity baselines (every client trains all layers)
 HIER_STRATEGIES = ('hierfedlora',)                   # near-IID groups, per-group depth and frequency
-ALL_STRATEGIES = STRATEGIES + RANK_STRATEGIES + HIER_STRATEGIES
+LADDER_STRATEGIES = ('local', 'centralized')         # the sanity ladder: clients alone, and the pooled data
+ALL_STRATEGIES = STRATEGIES + RANK_STRATEGIES + HIER_STRATEGIES + LADDER_STRATEGIES
 RANK_SCALINGS = ('rank', 'global')
 HOLD_MODES = ('probability', 'allocation', 'none')
 FIM_SCORES = ('logprob', 'logit')
@@ -112,7 +113,8 @@ class AllocationConfig(_Section):
     "Which LoRA layers each client trains (Fed-HeLLo, arXiv 2506.12213; see the allocation chapter)."
     strategy: Literal[ALL_STRATEGIES] = Field('fedhello', description=
         "The method: a layer allocation ('fedhello' is RGD warm-up then FIM, 'full' is FedIT, ...), a rank baseline "
-        "('hetlora', 'flexlora', 'flora'), or 'hierfedlora'.")
+        "('hetlora', 'flexlora', 'flora'), 'hierfedlora', or a rung of the sanity ladder ('local': each client trains "
+        "alone; 'centralized': the pooled training rows, the same optimizer steps).")
     pattern: Literal['triangle', 'inverted_triangle', 'bottleneck', 'uniform', 'custom'] = Field(
         'bottleneck', description="Geometric pattern for gd, rgd, straggler and the RGD phase of fedhello.")
     custom_order: Optional[list[int]] = Field(None, description="Layer order for pattern 'custom' (a permutation of 0..L-1).")

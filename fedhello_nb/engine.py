@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from .validate import FedHelloError, check, check_int, check_number, check_choice
-from .config import ExperimentConfig, TrainConfig, make_config, RANK_STRATEGIES, HIER_STRATEGIES
+from .config import ExperimentConfig, TrainConfig, make_config, RANK_STRATEGIES, HIER_STRATEGIES, LADDER_STRATEGIES
 from .data import load_data, make_dataset, make_loader
 from .partition import partition, held_out_rows
 from .model import FedLoraModel
@@ -314,6 +314,9 @@ def build_strategy(fed:Federation):
     if a.strategy in HIER_STRATEGIES:
         from fedhello_nb.hierfedlora import build_strategy as build_hier_strategy
         return build_hier_strategy(fed)
+    if a.strategy in LADDER_STRATEGIES:
+        from fedhello_nb.ladder import build_strategy as build_ladder_strategy
+        return build_ladder_strategy(fed)
     scorer = _fim_scorer(cfg, fed.proxy_set, fed.device) if fed.proxy_set is not None else None
     return LayerwiseStrategy(strategy_from_config(cfg, fed.num_blocks, scorer), fed.plan, tr,
                              weights=tr.weights, head=tr.head, seed=tr.seed)
@@ -442,11 +445,14 @@ def run_round(fed:Federation, round:int, state:dict[str, torch.Tensor],
     "One round of any strategy on any runtime: (new global state, round row, client rows)."
     runtime = runtime or InProcessRuntime()
     plan = plan_round(fed, round, state)
-    rows, losses, tasks, accepted = {}, defaultdict(list), [], []
+    rows, losses, ready, accepted = {}, defaultdict(list), [], []
     for ins, failed in zip(plan.instructions, plan.failed):
         if failed: rows[ins.client] = client_row(fed, ins, 'failed', error='simulated failure (clients.failure_rate)')
         elif ins.idle: rows[ins.client] = client_row(fed, ins, 'idle')
-        else: tasks.append((ins, state))
+        else: ready.append(ins)
+    # the first exchange: every ready client from the global state, unless the strategy says otherwise
+    start = getattr(fed.strategy, 'start_train', None)
+    tasks = list(start(round, state, ready)) if start is not None else [(ins, state) for ins in ready]
     more = getattr(fed.strategy, 'continue_train', None)
     while tasks:
         good = [u for (ins, _), r in zip(tasks, runtime.train(fed, round, tasks))

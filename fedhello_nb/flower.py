@@ -360,6 +360,9 @@ def run_flower(grid,                              # the ServerApp's `Grid`
     from fedhello_nb.engine import build_strategy, run_experiment
     from fedhello_nb.runio import write_table
     cfg = make_config(config)
+    check(cfg.allocation.strategy != 'centralized', 'allocation.strategy', 'centralized',
+          "pools every client's training rows in one process, which no Flower node holds; run it in process "
+          "(run_experiment, or `fedhello run`)")
     opts = options or ServerOptions()
     runtime = FlowerRuntime(grid, reply_timeout=opts.reply_timeout)
     def setup(fed):

@@ -416,13 +416,15 @@ def compare_runs(runs:dict,                  # method name -> `RunResult` (or (r
                  target:float,               # accuracy to reach
                  reference:str='hierfedlora' # the method the speed-ups are relative to
                 ) -> pd.DataFrame:
-    "One row per method: final and best accuracy, rounds and simulated time to `target`, speed-up of `reference`."
+    "One row per method: final accuracy and at the best validation round, rounds and simulated time to `target`, speed-up of `reference`."
     rows = []
     for name, r in runs.items():
         rounds, clients = (r.rounds, r.clients) if hasattr(r, 'rounds') else r
         timed = clock.add_to(rounds, clients)
         ev = timed.dropna(subset=['accuracy'])
-        rows.append({'method': name, 'final_accuracy': float(ev['accuracy'].iloc[-1]), 'best_accuracy': float(ev['accuracy'].max()),
+        val = ev.dropna(subset=['val_accuracy']) if 'val_accuracy' in ev else ev.iloc[:0]
+        at_best = float(val.loc[val['val_accuracy'].idxmax(), 'accuracy']) if len(val) else float('nan')   # chosen on validation
+        rows.append({'method': name, 'final_accuracy': float(ev['accuracy'].iloc[-1]), 'accuracy_at_best_val': at_best,
                      'rounds_to_target': time_to_target(timed, target, clock='round') + 1,
                      'sim_time_to_target': time_to_target(timed, target), 'sim_time_total': float(timed['sim_time'].iloc[-1])})
     df = pd.DataFrame(rows).set_index('method')

@@ -120,6 +120,7 @@ def test_flower_equals_engine(flower_run, reference, federation):
     init = federation.fm.state()
     assert any(not torch.allclose(tensors[k].float(), init[k].float(), atol=1e-6) for k in init)
     np.testing.assert_allclose(fl_rounds['accuracy'], ref.rounds['accuracy'], atol=1e-6)
+    np.testing.assert_allclose(fl_rounds['client_acc_mean'], ref.rounds['client_acc_mean'], atol=1e-6)
 
 
 def test_memory_budget_node(flower_run, budget_for_two):
@@ -146,7 +147,7 @@ def test_bad_node_configuration_refused(flower_run, deployment):
 # one strategy of each family: a layer allocation that reaches its FIM phase (round 1), rank methods (HetLoRA; FLoRA,
 # whose nodes receive the merged base weights), and HierFedLoRA (its intra-group rounds are further exchanges)
 FAMILIES = {'hetlora': ({}, ['rank']), 'fedhello': ({'allocation.t_rgd': 1}, []), 'flora': ({}, ['rank']),
-            'hierfedlora': ({}, ['group', 'depth', 'tau'])}
+            'hierfedlora': ({}, ['group', 'depth', 'tau']), 'local': ({}, [])}
 
 @pytest.mark.parametrize('strategy', list(FAMILIES))
 def test_every_family_on_flower_equals_engine(deployment, flower_run, tmp_path, strategy):
@@ -168,6 +169,7 @@ def test_every_family_on_flower_equals_engine(deployment, flower_run, tmp_path, 
     # float32 tensors travel bit for bit; the tolerance covers the order of the sums in two processes
     np.testing.assert_allclose(fl_clients['loss'], ref.clients['loss'], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(fl_rounds['accuracy'], ref.rounds['accuracy'], atol=1e-6)
+    np.testing.assert_allclose(fl_rounds['client_acc_mean'], ref.rounds['client_acc_mean'], atol=1e-6)
     if strategy == 'hierfedlora':
         pd.testing.assert_frame_equal(read_table(tmp_path/'out'/'groups.csv'), read_table(tmp_path/'ref'/'groups.csv'),
                                       check_exact=False, rtol=1e-4)
