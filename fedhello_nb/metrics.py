@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from .validate import check, check_int
 from .data import make_loader
+from scipy import stats
 
 # %% auto #0
 __all__ = ['SPREAD_FIGURES', 'Predictions', 'predict', 'macro_f1', 'scores', 'evaluate', 'client_scores', 'client_spread',
-           'per_class', 'confusion', 'plot_confusion']
+           'per_class', 'confusion', 'plot_confusion', 'mean_interval', 'paired_difference']
 
 # %% ../nbs/12a_metrics.ipynb #12cab2c0
 @dataclass
@@ -152,3 +153,25 @@ def plot_confusion(table:pd.DataFrame,       # what `confusion` returned
     ax.figure.colorbar(im, ax=ax, label='share of the true class', fraction=.046)
     ax.figure.tight_layout()
     return ax.figure
+
+# %% ../nbs/12a_metrics.ipynb #1096de96
+def mean_interval(values:Sequence[float],  # one figure per seed (NaN left out)
+                  level:float=0.95         # coverage of the interval
+                 ) -> dict:
+    "`{'mean', 'half', 'lo', 'hi', 'n'}`: the mean and its Student-t interval (half-width `half`; NaN for n < 2)."
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n == 0: return {'mean': float('nan'), 'half': float('nan'), 'lo': float('nan'), 'hi': float('nan'), 'n': 0}
+    m = float(v.mean())
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / np.sqrt(n)) if n > 1 else float('nan')
+    return {'mean': m, 'half': half, 'lo': m - half, 'hi': m + half, 'n': n}
+
+def paired_difference(a:Sequence[float],   # one figure per seed, of the method
+                      b:Sequence[float],   # the reference's figure for the same seeds, in the same order
+                      level:float=0.95
+                     ) -> dict:
+    "`mean_interval` of a - b, seed by seed (a pair with a NaN is left out)."
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    check(a.shape == b.shape, 'b', b.shape, f'expected one figure per seed, as a ({a.shape})')
+    return mean_interval(a - b, level)

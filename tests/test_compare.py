@@ -16,19 +16,30 @@ def test_tiny_grid_end_to_end(tmp_path, capsys):
     assert cm.main(['--tiny', '--out', str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     res = pd.read_csv(tmp_path/'results.csv')
-    assert len(res) == 2 * 3                                    # fedhello, flora x iid, dirichlet, pathological
-    assert set(res['method']) == {'fedhello', 'flora'}
-    assert set(res['partition']) == {'iid', 'dirichlet', 'pathological'}
+    assert len(res) == 3 * 2 * 2                                # fedhello, flora, local x iid, pathological x 2 seeds
+    assert set(res['method']) == {'fedhello', 'flora', 'local'}
+    assert set(res['partition']) == {'iid', 'pathological'} and set(res['seed']) == {0, 1}
     assert (res['status'] == 'ok').all(), res[['method', 'partition', 'error']]
-    assert res['final_accuracy'].between(0, 1).all() and (res['best_accuracy'] >= res['final_accuracy']).all()
+    for c in ('final_accuracy', 'accuracy_at_best_val', 'client_acc_p10', 'client_acc_min'):
+        assert res[c].between(0, 1).all(), c
+    assert (res['client_acc_min'] <= res['client_acc_p10']).all()
+    assert res['best_val_round'].isin([0, 1]).all()
     assert (res['rounds'] == 2).all() and (res['seconds'] > 0).all()
     curves = pd.read_csv(tmp_path/'curves.csv')
-    assert len(curves) == 6 * 2 and sorted(set(curves['round'])) == [1, 2]
+    assert len(curves) == 12 * 2 and sorted(set(curves['round'])) == [1, 2]
     summary = pd.read_csv(tmp_path/'summary.csv')
-    assert len(summary) == 6 and (summary['seeds'] == 1).all()
+    assert len(summary) == 6 and (summary['seeds'] == 2).all()
+    assert summary['acc_ci95'].notna().all() and (summary['acc_ci95'] >= 0).all()
+    # the paired difference with Fed-HeLLo, recomputed by hand from the per-run table
+    ref = res[res['method'] == 'fedhello'].set_index(['partition', 'seed'])['accuracy_at_best_val']
+    for r in summary[summary['method'] != 'fedhello'].itertuples():
+        mine = res[(res['method'] == r.method) & (res['partition'] == r.partition)].set_index(['partition', 'seed'])
+        diff = (mine['accuracy_at_best_val'] - ref.loc[mine.index]).to_numpy()
+        assert abs(r.diff_vs_fedhello - diff.mean()) < 1e-12
+    assert summary[summary['method'] == 'fedhello']['diff_vs_fedhello'].isna().all()
     for png in ('final_accuracy.png', 'accuracy_per_round.png'):
         assert (tmp_path/png).stat().st_size > 1000
-    assert 'final accuracy, mean' in printed and 'pathological' in printed
+    assert 'best validation round' in printed and 'pathological' in printed and 'Δ' in printed
     # a second call finds every run finished and repeats none; --collect-only gathers the same table
     assert cm.main(['--tiny', '--out', str(tmp_path), '--quiet']) == 0
     assert cm.main(['--tiny', '--out', str(tmp_path), '--collect-only', '--quiet']) == 0
@@ -41,7 +52,8 @@ def test_default_grid_is_a_sweep():
     a = cm.parse_args([])
     assert a.data == 'shared:banking77' and a.seeds == [0, 1, 2]
     assert set(a.methods) >= {'full', 'fedhello', 'rgd', 'fim', 'fedra', 'exclusive', 'straggler',
-                              'hetlora', 'flexlora', 'flora'}
+                              'hetlora', 'flexlora', 'flora', 'local', 'centralized'}
+    assert a.max_train is None and a.classes_per_client == 15      # all of BANKING77, 15 classes per client
     sweep = load_sweep(cm.sweep_dict(a))                   # every run's configuration validates
     assert len(sweep) == len(a.methods) * 3 * 3
     cfgs = [sweep.config(i) for i in range(len(sweep))]
