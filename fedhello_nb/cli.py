@@ -82,6 +82,10 @@ def _print_results(run_dir:Path, summary:dict, out=None):
         f1 = final.get('macro_f1')   # None (null) when it could not be computed
         f1_text = f' (macro-F1 {f1:.4f})' if f1 is not None else ''
         print(f"final accuracy: {final['accuracy']:.4f}{f1_text} after {int(final['round']) + 1} rounds", file=out)
+    best = summary.get('best_val') or {}
+    if best.get('accuracy') is not None:
+        print(f"chosen on validation: round {int(best['round']) + 1}, test accuracy {best['accuracy']:.4f}"
+              + (f", worst client {best['client_acc_min']:.4f}" if best.get('client_acc_min') is not None else ''), file=out)
 
 def _error(msg:str) -> None: print(f'fedhello: error: {msg}', file=sys.stderr)
 

@@ -99,3 +99,16 @@ def test_exit_codes_before_and_after_start(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(engine, 'run_experiment', early)
     assert main(['run', *TINY, '--out', str(tmp_path/'c'), '--quiet']) == 2
     assert capsys.readouterr().err == "fedhello: error: invalid model.name='x': expected a known model\n"
+
+
+def test_sanity_ladder_from_the_command_line(tmp_path):
+    # 'local' and 'centralized' are values of allocation.strategy like any other method
+    for method in ('local', 'centralized'):
+        out = tmp_path/method
+        r = fedhello('run', *TINY, '-p', 'allocation.strategy', method, '--out', out, '--quiet')
+        assert r.returncode == 0, r.stderr
+        assert 'chosen on validation: round' in r.stdout and 'worst client' in r.stdout
+        summary = json.loads((out/'summary.json').read_text())
+        assert summary['best_val']['accuracy'] is not None and summary['final']['client_acc_p10'] is not None
+    r = fedhello('run', *TINY, '-p', 'allocation.strategy', 'central', '--out', tmp_path/'bad', '--quiet')
+    assert r.returncode == 2 and "invalid allocation.strategy='central'" in r.stderr and "'centralized'" in r.stderr

@@ -79,3 +79,17 @@ def test_empty_table_file_is_refused_by_name(tmp_path):
         load_table_folder(tmp_path)
     with pytest.raises(FedHelloError, match=r"invalid path=.*non-empty"):
         load_data(str(tmp_path / 'train.csv'))
+
+
+def test_sst2_run_reports_a_finite_macro_f1_and_the_validation_choice(tmp_path):
+    from fedhello_nb.engine import run_experiment
+    import json, math
+    cfg = dict(model={'name': 'tiny-bert'}, data={'source': 'shared:sst2', 'max_train': 240, 'max_test': 80, 'proxy_size': 16},
+               clients={'num_clients': 4, 'per_round': 2}, allocation={'strategy': 'rgd'},
+               train={'rounds': 2, 'local_steps': 2, 'batch_size': 8}, output={'dir': str(tmp_path/'r'), 'quiet': True})
+    run_experiment(cfg)
+    s = json.loads((tmp_path/'r'/'summary.json').read_text())
+    assert s['final']['macro_f1'] is not None and math.isfinite(s['final']['macro_f1'])     # two classes: defined
+    assert s['best_val']['round'] in (0, 1) and s['best_val']['macro_f1'] is not None
+    assert s['final']['client_acc_min'] <= s['final']['client_acc_p10'] <= s['final']['client_acc_mean']
+    assert 'test split' in s['best_on_test']['note']

@@ -173,7 +173,12 @@ def test_every_family_on_flower_equals_engine(deployment, flower_run, tmp_path, 
     if strategy == 'hierfedlora':
         pd.testing.assert_frame_equal(read_table(tmp_path/'out'/'groups.csv'), read_table(tmp_path/'ref'/'groups.csv'),
                                       check_exact=False, rtol=1e-4)
-    _same_tensors(tmp_path/'out', ref)
+    tensors = _same_tensors(tmp_path/'out', ref)
+    if strategy == 'local':                 # each client's own model, kept by the server's strategy
+        ref_tensors, _ = load_checkpoint(tmp_path/'ref')
+        own = [k for k in ref_tensors if k.startswith('strategy/')]
+        assert own and set(own) <= set(tensors)
+        for k in own: torch.testing.assert_close(tensors[k], ref_tensors[k], rtol=1e-4, atol=1e-5)
 
 
 FAULTY_APP = """\
