@@ -151,7 +151,8 @@ def train_client(fm:FedLoraModel,                     # the shared model (its st
                  instruction:TrainInstruction,        # what to train and how
                  dataset,                             # the training dataset (all clients)
                  indices:Sequence[int],               # this client's rows of `dataset`
-                 device:str|torch.device='cpu'
+                 device:str|torch.device='cpu',
+                 optimizer:torch.optim.Optimizer|None=None # continue this optimizer (over the same tensors); None: a fresh AdamW
                 ) -> ClientUpdate:
     "Train the allocated blocks of one client; return the change of the trained tensors and its sample count."
     t0 = time.perf_counter()
@@ -162,7 +163,7 @@ def train_client(fm:FedLoraModel,                     # the shared model (its st
     fm.set_trainable(instruction.blocks, instruction.train_head)
     params = fm.trainable_parameters()
     local = instruction.train     # the run's train section
-    opt = torch.optim.AdamW(params.values(), lr=local.lr, weight_decay=local.weight_decay)
+    opt = optimizer if optimizer is not None else torch.optim.AdamW(params.values(), lr=local.lr, weight_decay=local.weight_decay)
     # batches and dropout masks: two streams of this client's round seed
     loader = make_loader(dataset, indices, local.batch_size, shuffle=True, seed=stream_seed(instruction.seed, 'batches'))
     torch.manual_seed(stream_seed(instruction.seed, 'dropout'))

@@ -86,11 +86,11 @@ class CentralizedStrategy(LadderStrategy):
         super().__init__(num_blocks, train, seed)
         self.pooled = np.asarray(pooled, dtype=np.int64)
         check(len(self.pooled) > 0, 'pooled', 0, 'expected the training rows of at least one client')
-        self.queue, self.current = [], None
+        self.queue, self.current, self.optimizer = [], None, None
 
     def start_train(self, round:int, state:dict, instructions:Sequence[TrainInstruction]) -> list[tuple[TrainInstruction, dict]]:
         "The first budget of the chain, from the global state."
-        self.queue, self.current = list(instructions), state
+        self.queue, self.current, self.optimizer = list(instructions), state, None   # one optimizer per round
         return [(self.queue.pop(0), state)] if self.queue else []
 
     def continue_train(self, round:int, state:dict, accepted:Sequence[ClientUpdate]) -> list[tuple[TrainInstruction, dict]]:
@@ -101,14 +101,18 @@ class CentralizedStrategy(LadderStrategy):
     def aggregate_train(self, round:int, state:dict, updates:Sequence[ClientUpdate]) -> tuple[dict, dict]:
         "The end of the chain is the new global state."
         new = self.current if self.current is not None else state
-        self.current = None
+        self.current, self.optimizer = None, None
         return new, {'aggregated': [u.client for u in updates]}
 
     def client_update(self, fm, state, instruction:TrainInstruction, dataset, indices, device='cpu') -> ClientUpdate:
         "Train on the pooled rows for the steps of the client this budget stands for (`steps_for` of its rows)."
         steps = instruction.train.steps_for(len(indices))
         budget = replace(instruction, train=instruction.train.model_copy(update={'local_steps': steps, 'local_epochs': None}))
-        u = train_client(fm, state, budget, dataset, self.pooled, device)
+        if self.optimizer is None:      # the chain's one AdamW, over the tensors every budget trains
+            fm.set_trainable(budget.blocks, budget.train_head)
+            t = instruction.train
+            self.optimizer = torch.optim.AdamW(fm.trainable_parameters().values(), lr=t.lr, weight_decay=t.weight_decay)
+        u = train_client(fm, state, budget, dataset, self.pooled, device, optimizer=self.optimizer)
         return ClientUpdate(instruction.client, u.delta, len(indices), u.metrics)
 
 def build_strategy(fed) -> LadderStrategy:
