@@ -28,18 +28,19 @@ from .metrics import (Predictions, predict, scores, evaluate, macro_f1, client_s
                                  SPREAD_FIGURES, per_class, confusion, plot_confusion)
 from .runio import (check_run_dir, prepare_run_dir, discard_on_failure, save_checkpoint, load_checkpoint,
                                list_checkpoints, write_table, atomic_write, atomic_write_text, rng_state, set_rng_state,
-                               stream_rng, stream_seed)
+                               stream_rng, stream_seed, save_state_file)
 
 _log = logging.getLogger('fedhello_nb.engine')   # the module's name, in the notebook too
 
 # %% auto #0
 __all__ = ['FIM_STRATEGIES', 'HELD_OUT_PER_CLIENT', 'PARAM_FIELDS', 'CLIENT_STATUSES', 'SPLIT_COLUMNS', 'CLIENT_SPREAD_COLUMNS',
-           'METRIC_COLUMNS', 'RESULT_FILES', 'STRATEGY_PREFIX', 'derived_seed', 'select_clients', 'draw_failures',
-           'TrainInstruction', 'rejection_reason', 'log_rejection', 'LayerwiseStrategy', 'train_client',
-           'config_errors', 'resolve_device', 'Federation', 'build_strategy', 'client_update_of', 'RoundPlan',
-           'plan_round', 'client_row', 'Reply', 'InProcessRuntime', 'finish_round', 'run_round', 'run_title',
-           'evaluated_models', 'RoundEvaluation', 'evaluate_round', 'strict_json', 'RunResult', 'plot_metric',
-           'plot_client_spread', 'plot_trainers', 'run_experiment']
+           'METRIC_COLUMNS', 'MODEL_FILES', 'RESULT_FILES', 'STRATEGY_PREFIX', 'derived_seed', 'select_clients',
+           'draw_failures', 'TrainInstruction', 'rejection_reason', 'log_rejection', 'LayerwiseStrategy',
+           'train_client', 'config_errors', 'resolve_device', 'Federation', 'build_strategy', 'client_update_of',
+           'RoundPlan', 'plan_round', 'client_row', 'Reply', 'InProcessRuntime', 'finish_round', 'run_round',
+           'run_title', 'evaluated_models', 'RoundEvaluation', 'evaluate_round', 'has_global_model',
+           'save_global_model', 'prediction_table', 'strict_json', 'RunResult', 'plot_metric', 'plot_client_spread',
+           'plot_trainers', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -508,6 +509,39 @@ def evaluate_round(fed:Federation, state:dict[str, torch.Tensor]) -> RoundEvalua
     test = Predictions(*(np.concatenate([getattr(p, a) for p in tests]) for a in ('rows', 'y', 'p', 'loss')))
     return RoundEvaluation(fields, per, test)
 
+# %% ../nbs/13_engine.ipynb #1be71477
+MODEL_FILES = {'final': 'model/final.safetensors', 'best_val': 'model/best_val.safetensors'}  # a run's global models
+
+def has_global_model(strategy) -> bool:
+    "False for a strategy whose clients keep models of their own (`client_states`, e.g. `local`): nothing to export."
+    return not hasattr(strategy, 'client_states')
+
+def save_global_model(fed:Federation, run_dir:Path,
+                      which:str,                      # a key of `MODEL_FILES`
+                      state:dict[str, torch.Tensor],  # the global LoRA and head tensors
+                      round:int                       # the round (as in rounds.csv) after which `state` is the global model
+                     ) -> Path:
+    "Write the global model `which` with what an export needs to rebuild it: the round, the classes, the task kind."
+    check_choice('which', which, tuple(MODEL_FILES))
+    return save_state_file(Path(run_dir)/MODEL_FILES[which], state,
+                           {'round': int(round), 'which': which, 'label_names': fed.task.label_names, 'kind': fed.task.kind,
+                            'model': fed.config.model.name, 'strategy': fed.config.allocation.strategy})
+
+def _improves_val(earlier:list[dict], row:dict) -> bool:
+    "Whether `row`'s validation accuracy beats every earlier round's (the earliest of ties stays the best)."
+    v = row.get('val_accuracy', float('nan'))
+    if not math.isfinite(v): return False
+    seen = [r['val_accuracy'] for r in earlier if math.isfinite(r.get('val_accuracy', float('nan')))]
+    return not seen or v > max(seen)
+
+def prediction_table(fed:Federation, test:Predictions) -> pd.DataFrame:
+    "One row per test row: its text (text tasks), the true and predicted class (id and name), the loss."
+    names = np.asarray(fed.task.label_names, dtype=object)
+    df = pd.DataFrame({'row': test.rows, 'label': test.y, 'label_name': names[test.y], 'prediction': test.p,
+                       'prediction_name': names[test.p], 'loss': test.loss})
+    if fed.task.kind == 'text': df.insert(1, 'text', [fed.task.test.texts[r] for r in test.rows])
+    return df
+
 # %% ../nbs/13_engine.ipynb #36a98c1d
 def strict_json(x):
     "`x` with NaN and infinities as None (JSON null), so that summary.json parses in every reader, not only Python's."
@@ -619,17 +653,23 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
     with discard_on_failure(run_dir, enabled=not resuming) as keep:
         prepare_run_dir(run_dir, cfg.to_dict(), cfg.output.resume)
         extra = (setup(fed) if setup is not None else None) or {}
-        res, seconds = _run_rounds(fed, run_dir, resuming, runtime or InProcessRuntime(), on_round_end, keep)
+        res, seconds, last = _run_rounds(fed, run_dir, resuming, runtime or InProcessRuntime(), on_round_end, keep)
     _save_png(res.plot_metric(), run_dir/'metric.png')
     _save_png(res.plot_trainers(), run_dir/'trainers.png')
     if res.rounds['client_acc_mean'].notna().any(): _save_png(res.plot_clients(), run_dir/'clients_accuracy.png')
-    final_test = evaluate_round(fed, res.state).test           # the final model(s), per class and confused with what
+    # the final model(s), per class and confused with what (the last round's evaluation, unless nothing ran in this call)
+    final_test = (last or evaluate_round(fed, res.state)).test
     names = fed.task.label_names
     write_table(per_class(final_test, names), run_dir/'per_class', cfg.output.format)
     write_table(cm := confusion(final_test, names), run_dir/'confusion', cfg.output.format)
     _save_png(plot_confusion(cm, names, run_title(cfg)), run_dir/'confusion.png')
+    models = {}
+    if has_global_model(fed.strategy):
+        save_global_model(fed, run_dir, 'final', res.state, cfg.train.rounds - 1)
+        write_table(prediction_table(fed, final_test), run_dir/'predictions', cfg.output.format)
+        models = {w: f for w, f in MODEL_FILES.items() if (run_dir/f).is_file()}
     summary = {'name': cfg.name, 'rounds': cfg.train.rounds, 'final': res.final, 'best_val': res.best_val or None,
-               'best_on_test': _best_on_test(res.rounds), 'seconds_this_call': seconds,
+               'best_on_test': _best_on_test(res.rounds), 'models': models, 'seconds_this_call': seconds,
                'resumed_from': res.resumed_from, **extra}
     atomic_write_text(run_dir/'summary.json', json.dumps(strict_json(summary), indent=2, default=float))
     return res
@@ -659,8 +699,8 @@ def _run_rounds(fed:Federation, run_dir:Path,
                 runtime,                # carries out the clients' tasks (`InProcessRuntime`, `FlowerRuntime`)
                 on_round_end,           # called with each round's row, or None
                 keep:Callable           # from `discard_on_failure`: called once a round's tables are written
-               ) -> tuple[RunResult, float]:
-    "The round loop, from round 0 or the newest checkpoint: (result, seconds it took)."
+               ) -> tuple[RunResult, float, RoundEvaluation|None]:
+    "The round loop, from round 0 or the newest checkpoint: (result, seconds it took, the last round's evaluation if it ran)."
     cfg = fed.config
     out, tr = cfg.output, cfg.train
     state, rounds, clients, evals, start = fed.fm.state(), [], [], [], 0
@@ -672,14 +712,15 @@ def _run_rounds(fed:Federation, run_dir:Path,
             fed.strategy.load_state_tensors({k[len(STRATEGY_PREFIX):]: v for k, v in tensors.items() if k.startswith(STRATEGY_PREFIX)})
         set_rng_state(saved['rng'])
         rounds, clients, evals, start = saved['rounds'], saved['clients'], saved.get('client_eval', []), saved['round']
-    bar = _progress(tr.rounds, start, out.quiet, cfg.name)
+    bar, last = _progress(tr.rounds, start, out.quiet, cfg.name), None
     t_run = time.perf_counter()
     for t in range(start, tr.rounds):
         state, row, crow = run_round(fed, t, state, runtime)
         if (t + 1) % cfg.eval.every == 0 or t + 1 == tr.rounds:
-            ev = evaluate_round(fed, state)
-            row.update(ev.fields)
-            evals.extend({'round': t, **r} for r in ev.clients.to_dict('records'))
+            last = evaluate_round(fed, state)
+            row.update(last.fields)
+            evals.extend({'round': t, **r} for r in last.clients.to_dict('records'))
+            if has_global_model(fed.strategy) and _improves_val(rounds, row): save_global_model(fed, run_dir, 'best_val', state, t)
         else: row.update(dict.fromkeys(METRIC_COLUMNS, float('nan')))
         rounds.append(row); clients.extend(crow)
         _write_tables(run_dir, rounds, clients, out.format)
@@ -697,7 +738,7 @@ def _run_rounds(fed:Federation, run_dir:Path,
     bar.close()
     res = RunResult(cfg, run_dir, pd.DataFrame(rounds), pd.DataFrame(clients), state, resumed_from=start,
                     client_eval=pd.DataFrame(evals))
-    return res, time.perf_counter() - t_run
+    return res, time.perf_counter() - t_run, last
 
 def _write_tables(run_dir:Path, rounds:list, clients:list, fmt:str):
     write_table(pd.DataFrame(rounds), run_dir/'rounds', fmt)

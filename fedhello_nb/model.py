@@ -21,9 +21,10 @@ from .config import DEFAULT_MODEL, LoraSettings
 __all__ = ['DEFAULT_MODEL_NAMES', 'TINY_TEXT_MODELS', 'TINY_MODEL_NAMES', 'MODEL_KINDS', 'TEXT_MODEL_TYPES', 'TARGET_ALIASES',
            'default_model_path', 'hub_offline', 'resolve_model', 'model_kind', 'quiet_transformers', 'head_names',
            'load_processor', 'load_model', 'tiny_text_model', 'tiny_bert', 'tiny_vit', 'tiny_image_processor',
-           'vit_b16_random', 'find_blocks', 'block_index', 'block_linear_names', 'resolve_targets', 'attach_lora',
-           'num_blocks', 'block_lora_names', 'check_blocks', 'set_trainable_blocks', 'trainable_parameters',
-           'get_lora_state', 'set_lora_state', 'get_head_state', 'set_head_state', 'FedLoraModel', 'model_depth']
+           'vit_b16_random', 'find_blocks', 'block_index', 'block_linear_names', 'resolve_targets', 'lora_config',
+           'attach_lora', 'num_blocks', 'block_lora_names', 'check_blocks', 'set_trainable_blocks',
+           'trainable_parameters', 'get_lora_state', 'set_lora_state', 'get_head_state', 'set_head_state',
+           'FedLoraModel', 'model_depth']
 
 # %% ../nbs/04_model.ipynb #ee553a14
 DEFAULT_MODEL_NAMES = (DEFAULT_MODEL, 'sentence-transformers/all-MiniLM-L6-v2') # names of the packaged default
@@ -323,19 +324,27 @@ def resolve_targets(model:nn.Module,       # a transformers model (without LoRA)
     return out
 
 # %% ../nbs/04_model.ipynb #065b792b
+def lora_config(model:nn.Module,   # a transformers classification model without adapters
+                lora:LoraSettings=LoraSettings(), # the adapters' configuration
+                **extra            # more `peft.LoraConfig` fields (the export chapter adds `modules_to_save`, `task_type`)
+               ) -> 'LoraConfig':
+    "peft's `LoraConfig` for `lora` on `model`: every block's target modules by full name, no bias."
+    from peft import LoraConfig
+    check(isinstance(lora, LoraSettings), 'lora', lora, 'expected a LoRA configuration')
+    head_names(model)                                        # checks that it is a classification model
+    wanted = set(resolve_targets(model, lora.targets).values())
+    modules = [n for short,names in block_linear_names(model).items() if short in wanted for n in names]
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=modules, bias='none', **extra)
+
 def attach_lora(model:nn.Module, # a transformers classification model without adapters (modified in place)
                 lora:LoraSettings=LoraSettings(),# the adapters' configuration
                 seed:int=0       # seeds the random initialisation of the A matrices
                ) -> nn.Module:
     "`model` wrapped by peft with LoRA adapters on the target modules of every block; all parameters frozen."
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     check(not hasattr(model, 'peft_config'), 'model', type(model).__name__, 'already has LoRA adapters')
-    check(isinstance(lora, LoraSettings), 'lora', lora, 'expected a LoRA configuration')
     seed = check_int('seed', seed, ge=0)
-    head_names(model)                                        # checks that it is a classification model
-    wanted = set(resolve_targets(model, lora.targets).values())
-    modules = [n for short,names in block_linear_names(model).items() if short in wanted for n in names]
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=modules, bias='none')
+    config = lora_config(model, lora)
     with quiet_transformers(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         peft_model = get_peft_model(model, config)

@@ -17,7 +17,8 @@ from .validate import FedHelloError, check_choice
 # %% auto #0
 __all__ = ['TABLE_FORMATS', 'STREAMS', 'RUN_MARKER', 'atomic_write', 'atomic_write_text', 'write_table', 'read_table',
            'rng_state', 'set_rng_state', 'stream_rng', 'stream_seed', 'save_checkpoint', 'list_checkpoints',
-           'load_checkpoint', 'check_run_dir', 'prepare_run_dir', 'discard_on_failure']
+           'load_checkpoint', 'save_state_file', 'load_state_file', 'check_run_dir', 'prepare_run_dir',
+           'discard_on_failure']
 
 # %% ../nbs/08_runio.ipynb #2d1e33c6
 def atomic_write(path:str|Path, # destination file
@@ -147,6 +148,23 @@ def load_checkpoint(run_dir:str|Path) -> tuple[dict[str, torch.Tensor], dict]|No
     cps = list_checkpoints(run_dir)
     if not cps: return None
     return load_file(str(cps[-1]/'tensors.safetensors')), json.loads((cps[-1]/'state.json').read_text())
+
+# %% ../nbs/08_runio.ipynb #b43d0f69
+def save_state_file(path:str|Path,                  # the .safetensors file to write
+                    tensors:dict[str, torch.Tensor], # the tensors
+                    info:dict                        # JSON-able facts about them, kept in the file's metadata
+                   ) -> Path:
+    "Write `tensors` and `info` to one safetensors file, atomically."
+    meta = {k: json.dumps(v) for k, v in info.items()}
+    return atomic_write(path, lambda p: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(p), metadata=meta))
+
+def load_state_file(path:str|Path) -> tuple[dict[str, torch.Tensor], dict]:
+    "(tensors, info) of a file written by `save_state_file`. Executes no code."
+    from safetensors import safe_open
+    with safe_open(str(path), framework='pt') as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return tensors, {k: json.loads(v) for k, v in meta.items()}
 
 # %% ../nbs/08_runio.ipynb #b1554d21
 RUN_MARKER = 'config.json'
