@@ -39,8 +39,8 @@ __all__ = ['FIM_STRATEGIES', 'HELD_OUT_PER_CLIENT', 'PARAM_FIELDS', 'CLIENT_STAT
            'train_client', 'config_errors', 'resolve_device', 'Federation', 'build_strategy', 'client_update_of',
            'RoundPlan', 'plan_round', 'client_row', 'Reply', 'InProcessRuntime', 'finish_round', 'run_round',
            'run_title', 'evaluated_models', 'RoundEvaluation', 'evaluate_round', 'has_global_model',
-           'save_global_model', 'prediction_table', 'strict_json', 'RunResult', 'plot_metric', 'plot_client_spread',
-           'plot_trainers', 'run_experiment']
+           'global_model_info', 'save_global_model', 'prediction_table', 'strict_json', 'RunResult', 'plot_metric',
+           'plot_client_spread', 'plot_trainers', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -516,16 +516,20 @@ def has_global_model(strategy) -> bool:
     "False for a strategy whose clients keep models of their own (`client_states`, e.g. `local`): nothing to export."
     return not hasattr(strategy, 'client_states')
 
+def global_model_info(fed:Federation, round:int) -> dict|None:
+    "What an export needs besides the tensors to rebuild the global model after `round`; None without a global model."
+    if not has_global_model(fed.strategy): return None
+    return {'round': int(round), 'label_names': fed.task.label_names, 'kind': fed.task.kind,
+            'model': fed.config.model.name, 'strategy': fed.config.allocation.strategy}
+
 def save_global_model(fed:Federation, run_dir:Path,
                       which:str,                      # a key of `MODEL_FILES`
                       state:dict[str, torch.Tensor],  # the global LoRA and head tensors
                       round:int                       # the round (as in rounds.csv) after which `state` is the global model
                      ) -> Path:
-    "Write the global model `which` with what an export needs to rebuild it: the round, the classes, the task kind."
+    "Write the global model `which` with `global_model_info` in its metadata."
     check_choice('which', which, tuple(MODEL_FILES))
-    return save_state_file(Path(run_dir)/MODEL_FILES[which], state,
-                           {'round': int(round), 'which': which, 'label_names': fed.task.label_names, 'kind': fed.task.kind,
-                            'model': fed.config.model.name, 'strategy': fed.config.allocation.strategy})
+    return save_state_file(Path(run_dir)/MODEL_FILES[which], state, {**global_model_info(fed, round), 'which': which})
 
 def _improves_val(earlier:list[dict], row:dict) -> bool:
     "Whether `row`'s validation accuracy beats every earlier round's (the earliest of ties stays the best)."
@@ -731,7 +735,8 @@ def _run_rounds(fed:Federation, run_dir:Path,
             own = fed.strategy.state_tensors() if hasattr(fed.strategy, "state_tensors") else {}
             save_checkpoint(run_dir, t + 1, {**state, **{STRATEGY_PREFIX + k: v for k, v in own.items()}},
                             {'strategy': fed.strategy.state_dict(), 'rng': rng_state(), 'rounds': rounds,
-                             'clients': clients, 'client_eval': evals})
+                             'clients': clients, 'client_eval': evals,
+                             'model_info': global_model_info(fed, t)})
         if not math.isnan(row['accuracy']): bar.set_postfix(accuracy=f"{row['accuracy']:.3f}", refresh=False)
         bar.update(1)
         if on_round_end is not None: on_round_end(row)
