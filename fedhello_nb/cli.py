@@ -1,4 +1,4 @@
-"""`fedhello run`, `fedhello sweep`, `fedhello report` and `fedhello config`: the same configuration and validation as the notebooks, with exit codes scripts can trust.
+"""`fedhello run`, `sweep`, `report`, `config`, `export` and `predict`: the same configuration and validation as the notebooks, with exit codes scripts can trust.
 
 Docs: https://fedhello-nb.github.io/fedhello_nb/cli.html.md"""
 
@@ -13,7 +13,7 @@ from .config import ExperimentConfig, make_config, load_config, apply_overrides,
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'DEFAULT_RUN_DIR', 'COMMANDS', 'build_parser', 'resolve_config', 'cmd_run',
-           'cmd_sweep', 'cmd_report', 'cmd_config', 'main']
+           'cmd_sweep', 'cmd_report', 'cmd_config', 'cmd_export', 'cmd_predict', 'main']
 
 # %% ../nbs/20_cli.ipynb #a611ae44
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2   # success; a run failed after it started; bad input or usage (no round ran)
@@ -25,7 +25,7 @@ def _add_config_args(p:argparse.ArgumentParser):
                    help='override one field, e.g. -p train.rounds 20 (repeatable; VALUE is read as YAML)')
 
 def build_parser() -> argparse.ArgumentParser:
-    "The `fedhello` argument parser with its four sub-commands."
+    "The `fedhello` argument parser with its sub-commands."
     ap = argparse.ArgumentParser(prog='fedhello', description=
         'Federated LoRA fine-tuning on clients with unequal memory (Fed-HeLLo, HierFedLoRA).',
         epilog='exit codes: 0 ok, 1 a run failed after it started, 2 bad input or usage (no round ran), 130 interrupted')
@@ -48,6 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
                          description='Execute the report notebook (nbs/report.ipynb, or its installed copy) on a sweep folder.')
     rep.add_argument('sweep_dir', metavar='SWEEP_DIR')
     rep.add_argument('--out', metavar='NOTEBOOK', help='executed report (default: SWEEP_DIR/report.ipynb)')
+    e = sub.add_parser('export', help="write a run's global model as a PEFT adapter (head, class names, tokenizer)",
+                       description='Export the global model of a run (chosen on validation, the final one, or a checkpointed round) '
+                                   'as a PEFT adapter folder that peft loads without fedhello_nb.')
+    e.add_argument('run_dir', metavar='RUN_DIR')
+    e.add_argument('--to', required=True, metavar='DIR', help='the export folder (new or empty)')
+    e.add_argument('--which', default='best_val', metavar='WHICH', help="best_val (default), final, or a round number (0 is the first)")
+    e.add_argument('--merged', action='store_true', help='also write merged/: the LoRA update folded into a plain transformers model')
+    e.add_argument('--overwrite', action='store_true', help='replace an earlier export in DIR')
+    pr = sub.add_parser('predict', help='classify texts (or image files) with a run or an export',
+                        description='Print the predicted class and its probability for each input.')
+    pr.add_argument('path', metavar='RUN_OR_EXPORT')
+    pr.add_argument('inputs', nargs='+', metavar='INPUT', help='texts (quote each one), or image files for an image model')
+    pr.add_argument('--which', default='best_val', metavar='WHICH', help='for a run folder: best_val (default), final, or a round number')
+    pr.add_argument('--json', action='store_true', help='one JSON object per line instead of a table')
     c = sub.add_parser('config', help='print the resolved configuration as YAML, or the field table',
                        description='Print the configuration (defaults, a file, overrides) as YAML, validated.')
     _add_config_args(c)
@@ -144,7 +158,32 @@ def cmd_config(args) -> int:
     print(resolve_config(args.config, args.param).to_yaml(), end='')
     return EXIT_OK
 
-COMMANDS = {'run': cmd_run, 'sweep': cmd_sweep, 'report': cmd_report, 'config': cmd_config}
+def cmd_export(args) -> int:
+    "`fedhello export`: a run's global model as a PEFT adapter folder (`export_run`)."
+    from fedhello_nb.export import export_run, EXPORT_MANIFEST
+    to = export_run(args.run_dir, args.to, args.which, merged=args.merged, overwrite=args.overwrite)
+    m = json.loads((to/EXPORT_MANIFEST).read_text())
+    acc = m['figures'].get('accuracy')
+    print(f"exported {m['which']} (round {m['round'] + 1}" + (f', test accuracy {acc:.4f}' if acc is not None else '') +
+          f") to {to}/: adapter_config.json, adapter_model.safetensors, {EXPORT_MANIFEST}" + (', merged/' if m['merged'] else ''))
+    return EXIT_OK
+
+def cmd_predict(args) -> int:
+    "`fedhello predict`: the class and its probability for each input (`load_trained`)."
+    from fedhello_nb.export import load_trained
+    tm = load_trained(args.path, args.which)
+    df = tm.predict(args.inputs if tm.kind == 'text' else [Path(i) for i in args.inputs])
+    if tm.kind != 'text': df['input'] = args.inputs
+    if args.json:
+        for r in df.to_dict('records'): print(json.dumps({**r, 'probability': round(float(r['probability']), 6)}))
+    else:
+        import pandas as pd
+        with pd.option_context('display.max_colwidth', 60, 'display.width', 200):
+            print(df[['label', 'probability', 'input']].to_string(index=False, float_format=lambda x: f'{x:.4f}'))
+    return EXIT_OK
+
+COMMANDS = {'run': cmd_run, 'sweep': cmd_sweep, 'report': cmd_report, 'config': cmd_config, 'export': cmd_export,
+            'predict': cmd_predict}
 
 # %% ../nbs/20_cli.ipynb #15d75228
 def main(argv:list[str]|None=None # the arguments (default: `sys.argv[1:]`)

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from .validate import check, check_int
 from .data import make_loader
-from scipy import stats
 
 # %% auto #0
 __all__ = ['SPREAD_FIGURES', 'Predictions', 'predict', 'macro_f1', 'scores', 'evaluate', 'client_scores', 'client_spread',
@@ -164,6 +163,7 @@ def mean_interval(values:Sequence[float],  # one figure per seed (NaN left out)
     n = len(v)
     if n == 0: return {'mean': float('nan'), 'half': float('nan'), 'lo': float('nan'), 'hi': float('nan'), 'n': 0}
     m = float(v.mean())
+    from scipy import stats      # here, not at import: scipy.stats takes a second, and a Flower node imports this module per message
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / np.sqrt(n)) if n > 1 else float('nan')
     return {'mean': m, 'half': half, 'lo': m - half, 'hi': m + half, 'n': n}
 

@@ -71,6 +71,45 @@ def test_run_tiny(tmp_path):
     assert r.returncode == 0 and 'after 1 rounds' in r.stdout
 
 
+PEFT_ONLY = """
+import json, sys
+import pandas as pd, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from peft import PeftModel
+export, run = sys.argv[1], sys.argv[2]
+man = json.load(open(export + '/fedhello_export.json'))
+base = AutoModelForSequenceClassification.from_pretrained(export + '/base_model')
+model = PeftModel.from_pretrained(base, export).eval()
+pred = pd.read_csv(run + '/predictions.csv')
+enc = AutoTokenizer.from_pretrained(export)(pred['text'].tolist(), truncation=True, max_length=man['max_length'],
+                                            padding=True, return_tensors='pt')
+with torch.no_grad(): logits = model(**enc).logits
+assert 'fedhello_nb' not in sys.modules
+loss = torch.nn.functional.cross_entropy(logits, torch.tensor(pred['label'].to_numpy()), reduction='none')
+print(json.dumps({'agree': float((logits.argmax(-1).numpy() == pred['prediction'].to_numpy()).mean()),
+                  'max_loss_diff': float((loss.numpy() - pred['loss'].to_numpy()).__abs__().max())}))
+"""
+
+
+def test_export_then_predict_and_reload_with_peft_alone(tmp_path):
+    """`fedhello export` of a finished run, reloaded by a process that has only transformers and peft: the run's own
+    test predictions; `fedhello predict` on the export."""
+    run, exp = tmp_path/'run', tmp_path/'export'
+    assert fedhello('run', *TINY, '-p', 'train.rounds', '1', '--out', run, '--quiet').returncode == 0
+    r = fedhello('export', run, '--to', exp, '--which', 'final')
+    assert r.returncode == 0 and r.stdout.startswith('exported final (round 1'), r.stderr
+    code = subprocess.run([sys.executable, '-c', PEFT_ONLY, str(exp), str(run)], capture_output=True, text=True,
+                          env={**os.environ, 'HF_HUB_OFFLINE': '1'}, timeout=300)
+    assert code.returncode == 0, code.stderr
+    got = json.loads(code.stdout.strip().splitlines()[-1])
+    assert got['agree'] == 1.0 and got['max_loss_diff'] < 1e-4, got
+    p = fedhello('predict', exp, 'what is my balance', '--json')
+    assert p.returncode == 0, p.stderr
+    row = json.loads(p.stdout)
+    assert row['input'] == 'what is my balance' and row['label'] in json.loads((exp/'fedhello_export.json').read_text())['label_names']
+    # bad input (exit 2, one line, before a model loads) is checked in-process in the command-line chapter
+
+
 def test_sweep_exit_code_on_failure(tmp_path):
     spec = {'name': 's', 'base': {'model.name': 'tiny-bert', 'data.max_train': 160, 'data.max_test': 60,
                                   'clients': {'num_clients': 4, 'per_round': 2}, 'train': {'rounds': 1, 'local_steps': 1}},
