@@ -33,14 +33,15 @@ from .runio import (check_run_dir, prepare_run_dir, discard_on_failure, save_che
 _log = logging.getLogger('fedhello_nb.engine')   # the module's name, in the notebook too
 
 # %% auto #0
-__all__ = ['FIM_STRATEGIES', 'HELD_OUT_PER_CLIENT', 'PARAM_FIELDS', 'CLIENT_STATUSES', 'SPLIT_COLUMNS', 'CLIENT_SPREAD_COLUMNS',
-           'METRIC_COLUMNS', 'MODEL_FILES', 'RESULT_FILES', 'STRATEGY_PREFIX', 'derived_seed', 'select_clients',
-           'draw_failures', 'TrainInstruction', 'rejection_reason', 'log_rejection', 'LayerwiseStrategy',
-           'train_client', 'config_errors', 'resolve_device', 'Federation', 'build_strategy', 'client_update_of',
-           'RoundPlan', 'plan_round', 'client_row', 'Reply', 'InProcessRuntime', 'finish_round', 'run_round',
-           'run_title', 'evaluated_models', 'RoundEvaluation', 'evaluate_round', 'has_global_model',
-           'global_model_info', 'save_global_model', 'prediction_table', 'strict_json', 'RunResult', 'plot_metric',
-           'plot_client_spread', 'plot_trainers', 'run_experiment']
+__all__ = ['FIM_STRATEGIES', 'HELD_OUT_PER_CLIENT', 'PARAM_FIELDS', 'COMMUNICATION_COLUMNS', 'CLIENT_STATUSES', 'SPLIT_COLUMNS',
+           'CLIENT_SPREAD_COLUMNS', 'METRIC_COLUMNS', 'MODEL_FILES', 'RESULT_FILES', 'STRATEGY_PREFIX', 'derived_seed',
+           'select_clients', 'draw_failures', 'TrainInstruction', 'rejection_reason', 'log_rejection',
+           'LayerwiseStrategy', 'train_client', 'config_errors', 'resolve_device', 'Federation', 'build_strategy',
+           'client_update_of', 'RoundPlan', 'plan_round', 'payload_bytes', 'client_row', 'Reply', 'InProcessRuntime',
+           'finish_round', 'run_round', 'run_title', 'evaluated_models', 'RoundEvaluation', 'evaluate_round',
+           'has_global_model', 'global_model_info', 'save_global_model', 'prediction_table', 'strict_json', 'RunResult',
+           'plot_metric', 'plot_client_spread', 'plot_trainers', 'cumulative_bytes', 'plot_communication',
+           'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -354,6 +355,14 @@ def plan_round(fed:Federation, round:int, state:dict[str, torch.Tensor]) -> Roun
     return RoundPlan(round, clients, amap, instructions, failed, t0)
 
 
+# %% ../nbs/13_engine.ipynb #27aaafd8
+COMMUNICATION_COLUMNS = ('bytes_down', 'bytes_up', 'message_bytes_down', 'message_bytes_up')  # summed per round and run
+
+def payload_bytes(tensors:dict[str, torch.Tensor] # what one message carries, by name
+                 ) -> int:
+    "Bytes of the tensors as sent: elements × bytes per element, summed (no encoding overhead)."
+    return int(sum(t.numel() * t.element_size() for t in tensors.values()))
+
 # %% ../nbs/13_engine.ipynb #4f06e3b1
 CLIENT_STATUSES = ('ok', 'idle', 'failed', 'rejected')
 
@@ -361,6 +370,8 @@ def client_row(fed:Federation, ins:TrainInstruction,
                status:str,            # one of `CLIENT_STATUSES`
                steps:int=0, loss:float=float('nan'), seconds:float=0.0,
                error:str='',          # why the client failed or was rejected ('' otherwise)
+               bytes_down:int=0,      # what the server sent it this round (`payload_bytes`, every exchange)
+               bytes_up:int=0,        # what its replies carried back
                **extra) -> dict:
     "One row of the clients table: the one schema of every runtime."
     check_choice('status', status, CLIENT_STATUSES)
@@ -368,7 +379,7 @@ def client_row(fed:Federation, ins:TrainInstruction,
             'blocks': ' '.join(map(str, ins.blocks)), 'num_blocks': len(ins.blocks),
             'shallowest': min(ins.blocks) if ins.blocks else -1, 'samples': len(fed.client_indices(ins.client)),
             **({} if ins.rank is None else {'rank': ins.rank}), 'status': status, 'steps': steps, 'loss': loss,
-            'seconds': seconds, 'error': error, **extra}
+            'seconds': seconds, 'bytes_down': bytes_down, 'bytes_up': bytes_up, 'error': error, **extra}
 
 
 # %% ../nbs/13_engine.ipynb #555eebf6
@@ -379,6 +390,8 @@ class Reply:
     update: ClientUpdate|None = None  # the update (status 'ok'; 'idle' may carry its empty update)
     status: str = 'ok'                # 'ok', 'idle' (nothing to train), 'failed' (no reply), 'rejected' (malformed reply)
     error: str = ''                   # why it failed or was rejected
+    delivered: bool = True            # the task reached the client (False: never sent, e.g. no node plays it)
+    measured: dict = field(default_factory=dict) # a runtime's own counts, added to the client's row (Flower: message sizes)
 
 class InProcessRuntime:
     "Carries out each task on this process's shared model, one after another: the default runtime."
@@ -415,19 +428,26 @@ def finish_round(fed:Federation, plan:RoundPlan, state:dict[str, torch.Tensor],
                  'rejected': sum(r['status'] == 'rejected' for r in client_rows), 'status': 'ok' if ok else 'no replies',
                  'train_loss': float(np.mean([r['loss'] for r in ok])) if ok else float('nan'),
                  'phase': plan.amap.info.get('phase', plan.amap.info.get('strategy')),
-                 **{f'trainers_{l}': int(n) for l, n in enumerate(trainers)}, **info.get('round', {}),
+                 **{f'trainers_{l}': int(n) for l, n in enumerate(trainers)},
+                 **{c: int(sum(r.get(c, 0) for r in client_rows)) for c in COMMUNICATION_COLUMNS if any(c in r for r in client_rows)},
+                 **info.get('round', {}),
                  'seconds': time.perf_counter() - plan.started}
     return new_state, round_row, client_rows
 
 
 # %% ../nbs/13_engine.ipynb #9dfa484b
-def _merge_reply(fed:Federation, round:int, ins:TrainInstruction, r:Reply, rows:dict, losses:dict) -> ClientUpdate|None:
-    "Fold one reply into its client's row; the update if it is accepted, else None (the row says why)."
+def _merge_reply(fed:Federation, round:int, ins:TrainInstruction, r:Reply, rows:dict, losses:dict,
+                sent:int                 # bytes of the task's message (`payload_bytes` of its start state and the broadcast)
+               ) -> ClientUpdate|None:
+    "Fold one reply into its client's row (steps, seconds, the ledger); the update if it is accepted, else None (the row says why)."
     u, k = r.update, ins.client
     m = u.metrics if u is not None else {}
     if k not in rows: rows[k] = client_row(fed, ins, 'ok')
     row = rows[k]
     row['steps'] += int(m.get('steps', 0)); row['seconds'] += float(m.get('seconds', 0.0))
+    if r.delivered: row['bytes_down'] += sent
+    if u is not None: row['bytes_up'] += payload_bytes(u.delta)
+    for name, v in r.measured.items(): row[name] = row.get(name, 0) + v
     if r.status == 'ok': losses[k].append(float(m['loss']))
     if r.status != 'ok' or row['status'] != 'ok':
         if row['status'] == 'ok':
@@ -456,9 +476,10 @@ def run_round(fed:Federation, round:int, state:dict[str, torch.Tensor],
     start = getattr(fed.strategy, 'start_train', None)
     tasks = list(start(round, state, ready)) if start is not None else [(ins, state) for ins in ready]
     more = getattr(fed.strategy, 'continue_train', None)
+    shared = payload_bytes(getattr(fed.strategy, 'broadcast', dict)())   # sent with every task (FLoRA's base weights)
     while tasks:
-        good = [u for (ins, _), r in zip(tasks, runtime.train(fed, round, tasks))
-                if (u := _merge_reply(fed, round, ins, r, rows, losses)) is not None]
+        good = [u for (ins, start), r in zip(tasks, runtime.train(fed, round, tasks))
+                if (u := _merge_reply(fed, round, ins, r, rows, losses, payload_bytes(start) + shared)) is not None]
         accepted += good
         tasks = list(more(round, state, good)) if more is not None else []
     for k, ls in losses.items(): rows[k]['loss'] = float(np.mean(ls))
@@ -592,6 +613,16 @@ class RunResult:
         "The spread of the clients' local test accuracy over the evaluated rounds."
         return plot_client_spread(self.rounds, ax=ax, title=run_title(self.config))
 
+    def plot_communication(self, metric:str='accuracy', ax=None):
+        "The metric of the evaluated rounds against the bytes sent down and up so far."
+        return plot_communication(self.rounds, metric, ax=ax, title=run_title(self.config))
+
+    @property
+    def communication(self) -> dict:
+        "The run's totals of the communication ledger (bytes down, up and both; Flower's measured sizes when present)."
+        out = {c: int(self.rounds[c].sum()) for c in COMMUNICATION_COLUMNS if c in self.rounds}
+        return {**out, 'bytes_total': out.get('bytes_down', 0) + out.get('bytes_up', 0)}
+
 def plot_metric(rounds:pd.DataFrame, metric:str='accuracy', ax=None, title:str|None=None, label:str|None=None):
     "Line plot of `metric` over the evaluated rounds; returns the figure."
     import matplotlib.pyplot as plt
@@ -633,6 +664,23 @@ def plot_trainers(rounds:pd.DataFrame, ax=None, title:str|None=None):
     ax.figure.tight_layout()
     return ax.figure
 
+def cumulative_bytes(rounds:pd.DataFrame) -> pd.Series:
+    "Bytes sent down and up from the first round to the end of each round (the ledger's running total)."
+    return (rounds['bytes_down'] + rounds['bytes_up']).cumsum()
+
+def plot_communication(rounds:pd.DataFrame, metric:str='accuracy', ax=None, title:str|None=None, label:str|None=None):
+    "The metric of the evaluated rounds against the megabytes communicated so far; call again with `ax` to overlay methods."
+    import matplotlib.pyplot as plt
+    check_choice('metric', metric, METRIC_COLUMNS + ('train_loss',))
+    if ax is None: _, ax = plt.subplots(figsize=(5, 3))
+    mb = cumulative_bytes(rounds) / 1e6
+    ev = rounds[metric].notna()
+    ax.plot(mb[ev], rounds.loc[ev, metric], marker='o', ms=3, label=label)
+    ax.set_xlabel('MB sent down and up (cumulative)'); ax.set_ylabel(metric); ax.grid(alpha=.3)
+    if title: ax.set_title(title)
+    ax.figure.tight_layout()
+    return ax.figure
+
 def _save_png(fig, path:Path):
     import matplotlib.pyplot as plt
     atomic_write(path, lambda p: fig.savefig(p, dpi=110, format='png'))
@@ -660,6 +708,7 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
         res, seconds, last = _run_rounds(fed, run_dir, resuming, runtime or InProcessRuntime(), on_round_end, keep)
     _save_png(res.plot_metric(), run_dir/'metric.png')
     _save_png(res.plot_trainers(), run_dir/'trainers.png')
+    _save_png(res.plot_communication(), run_dir/'communication.png')
     if res.rounds['client_acc_mean'].notna().any(): _save_png(res.plot_clients(), run_dir/'clients_accuracy.png')
     # the final model(s), per class and confused with what (the last round's evaluation, unless nothing ran in this call)
     final_test = (last or evaluate_round(fed, res.state)).test
@@ -673,7 +722,8 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
         write_table(prediction_table(fed, final_test), run_dir/'predictions', cfg.output.format)
         models = {w: f for w, f in MODEL_FILES.items() if (run_dir/f).is_file()}
     summary = {'name': cfg.name, 'rounds': cfg.train.rounds, 'final': res.final, 'best_val': res.best_val or None,
-               'best_on_test': _best_on_test(res.rounds), 'models': models, 'seconds_this_call': seconds,
+               'best_on_test': _best_on_test(res.rounds), 'communication': res.communication, 'models': models,
+               'seconds_this_call': seconds,
                'resumed_from': res.resumed_from, **extra}
     atomic_write_text(run_dir/'summary.json', json.dumps(strict_json(summary), indent=2, default=float))
     return res

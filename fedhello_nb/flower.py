@@ -22,7 +22,7 @@ from .config import ExperimentConfig, make_config, load_config, parse_override, 
 __all__ = ['SERVER_KEYS', 'APP_PYPROJECT', 'state_to_arrays', 'arrays_to_state', 'NodeSpec', 'node_spec', 'budget_capacity',
            'plan_with_capacities', 'ServerOptions', 'experiment_from_run_config', 'node_federation',
            'node_client_update', 'node_info', 'node_query', 'node_train', 'NodeMap', 'discover_nodes', 'parse_reply',
-           'FlowerRuntime', 'run_flower', 'make_apps', 'write_app', 'free_port', 'LocalDeployment']
+           'message_bytes', 'FlowerRuntime', 'run_flower', 'make_apps', 'write_app', 'free_port', 'LocalDeployment']
 
 # %% ../nbs/30_flower.ipynb #22dbc904
 _log = logging.getLogger('fedhello_nb.flower')
@@ -297,6 +297,11 @@ def parse_reply(content,                 # the reply's `RecordDict`
     return delta, int(n), m
 
 # %% ../nbs/30_flower.ipynb #6016da59
+def message_bytes(content # a message's `RecordDict`
+                 ) -> int:
+    "Bytes of a message's records as Flower counts them (`count_bytes`: arrays with their encoding, configuration, metrics)."
+    return int(sum(content[k].count_bytes() for k in content.keys()))
+
 class FlowerRuntime:
     "Carries out a round's tasks on SuperNodes: one `train` message per task, every reply checked by `parse_reply`."
     def __init__(self, grid,                      # the ServerApp's `Grid`
@@ -318,36 +323,40 @@ class FlowerRuntime:
         out, msgs, by_node, arrays = {}, [], {}, {}
         for ins, start in tasks:
             k = ins.client
-            if k not in nodes.nodes: out[k] = Reply(k, status='failed', error='no SuperNode for this partition-id'); continue
+            if k not in nodes.nodes: out[k] = Reply(k, status='failed', error='no SuperNode for this partition-id', delivered=False); continue
             n = nodes.nodes[k]
             if n not in connected:
-                out[k] = Reply(k, status='failed', error=f'unavailable: its SuperNode (node {n}) is no longer connected'); continue
+                out[k] = Reply(k, status='failed', error=f'unavailable: its SuperNode (node {n}) is no longer connected',
+                               delivered=False); continue
             if id(start) not in arrays: arrays[id(start)] = state_to_arrays(start)   # one encoding per distinct state
             content = _record(fedhello=head, instruction=ins.to_config())
             content['global'] = arrays[id(start)]
             if base is not None: content['base'] = base
             msgs.append(Message(content, dst_node_id=n, message_type='train', group_id=str(round)))
-            by_node[n] = (ins, start)
+            by_node[n] = (ins, start, message_bytes(content))
         replies = list(self.grid.send_and_receive(msgs, timeout=self.reply_timeout)) if msgs else []
         expected = {}
         for r in replies:
-            ins, start = by_node.get(r.metadata.src_node_id, (None, None))
+            ins, start, sent = by_node.get(r.metadata.src_node_id, (None, None, 0))
             if ins is None or ins.client in out: continue
             k = ins.client
-            if r.has_error(): out[k] = Reply(k, status='failed', error=f'node error: {r.error.reason}'); continue
+            measured = {'message_bytes_down': sent, 'message_bytes_up': 0 if r.has_error() else message_bytes(r.content)}
+            if r.has_error(): out[k] = Reply(k, status='failed', error=f'node error: {r.error.reason}', measured=measured); continue
             allowed = {p for b in ins.blocks for p in fed.fm.block_params[b]} | (set(fed.fm.head_params) if ins.train_head else set())
             # a rank method's client replies at its rank: A cut to r_k rows, B to r_k columns (one cut per state and rank)
             if (id(start), ins.rank) not in expected:
                 from fedhello_nb.rank_methods import cut_to_rank
                 expected[id(start), ins.rank] = start if ins.rank is None else cut_to_rank(start, ins.rank)
             try: delta, num, m = parse_reply(r.content, expected[id(start), ins.rank], allowed)
-            except FedHelloError as e: out[k] = Reply(k, status='rejected', error=f'malformed reply: {e}'); continue
+            except FedHelloError as e: out[k] = Reply(k, status='rejected', error=f'malformed reply: {e}', measured=measured); continue
             rank = {} if ins.rank is None else {'rank': ins.rank}
             u = ClientUpdate(k, delta, num, {'loss': float(m['loss']), 'steps': int(m['steps']),
                                              'seconds': float(m['seconds']), **rank})
-            out[k] = Reply(k, u, 'idle' if m.get('idle') else 'ok')
+            out[k] = Reply(k, u, 'idle' if m.get('idle') else 'ok', measured=measured)
+        sent = {ins.client: b for ins, _, b in by_node.values()}
         for ins, _ in tasks:
-            if ins.client not in out: out[ins.client] = Reply(ins.client, status='failed', error=f'no reply within {self.reply_timeout:g} s')
+            if ins.client not in out: out[ins.client] = Reply(ins.client, status='failed', error=f'no reply within {self.reply_timeout:g} s',
+                                                               measured={'message_bytes_down': sent[ins.client]})
         return [out[ins.client] for ins, _ in tasks]
 
 

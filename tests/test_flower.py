@@ -5,6 +5,7 @@ the `flower-simulation` extra (Ray; `tools/setup.sh` installs it) and is skipped
 starts (SuperLink, SuperNodes, `flwr run`, and the SuperExec / App processes they start) is stopped at the end,
 also when a test fails, and the teardown checks that none is left.
 """
+import json
 import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import time
@@ -112,9 +113,19 @@ def test_flower_equals_engine(flower_run, reference, federation):
     assert fl_rounds['selected'].tolist() == ref.rounds['selected'].tolist()
     assert fl_rounds['replied'].tolist() == ref.rounds['replied'].tolist() == [2, 2]
     assert fl_rounds['phase'].tolist() == ref.rounds['phase'].tolist() == ['rgd', 'fim']
-    cols = ['round', 'client', 'capacity', 'blocks', 'samples', 'status', 'steps']
+    cols = ['round', 'client', 'capacity', 'blocks', 'samples', 'status', 'steps', 'bytes_down', 'bytes_up']
     assert fl_clients[cols].astype(str).values.tolist() == ref.clients[cols].astype(str).values.tolist()
     np.testing.assert_allclose(fl_clients['loss'], ref.clients['loss'], rtol=1e-4, atol=1e-5)
+    # the ledger against what Flower counted for the messages it carried: larger by the encoding alone
+    # (per tensor a numpy header and its name; the configuration and instruction down, the metrics up)
+    tensors_sent = len(federation.fm.state())
+    down = fl_clients['message_bytes_down'] - fl_clients['bytes_down']
+    up = fl_clients['message_bytes_up'] - fl_clients['bytes_up']
+    config = len(make_config(EXPERIMENT).to_json(indent=None))
+    assert (down > 0).all() and (down <= config + 2048 + 256 * tensors_sent).all(), down.tolist()
+    assert (up > 0).all() and (up <= 256 + 256 * tensors_sent).all(), up.tolist()
+    comm = json.loads((run_dir/'summary.json').read_text())['communication']
+    assert comm['message_bytes_up'] == int(fl_clients['message_bytes_up'].sum()) > comm['bytes_up'] == int(fl_clients['bytes_up'].sum())
     # the same aggregated tensors
     tensors = _same_tensors(run_dir, ref)
     # the run really trained: some global tensors moved away from the initial state
@@ -165,7 +176,7 @@ def test_every_family_on_flower_equals_engine(deployment, flower_run, tmp_path, 
     fl_rounds, fl_clients = read_table(tmp_path/'out'/'rounds.csv'), read_table(tmp_path/'out'/'clients.csv')
     assert fl_rounds['replied'].tolist() == ref.rounds['replied'].tolist() == [2, 2]
     assert fl_rounds['phase'].tolist() == ref.rounds['phase'].tolist()
-    cols = ['round', 'client', 'blocks', 'status', 'steps', *extra_cols]
+    cols = ['round', 'client', 'blocks', 'status', 'steps', 'bytes_down', 'bytes_up', *extra_cols]
     assert fl_clients[cols].astype(str).values.tolist() == ref.clients[cols].astype(str).values.tolist()
     # float32 tensors travel bit for bit; the tolerance covers the order of the sums in two processes
     np.testing.assert_allclose(fl_clients['loss'], ref.clients['loss'], rtol=1e-4, atol=1e-5)
