@@ -623,17 +623,21 @@ class RunResult:
         out = {c: int(self.rounds[c].sum()) for c in COMMUNICATION_COLUMNS if c in self.rounds}
         return {**out, 'bytes_total': out.get('bytes_down', 0) + out.get('bytes_up', 0)}
 
-def plot_metric(rounds:pd.DataFrame, metric:str='accuracy', ax=None, title:str|None=None, label:str|None=None):
-    "Line plot of `metric` over the evaluated rounds; returns the figure."
+def _plot_evaluated(rounds:pd.DataFrame, metric:str, x:pd.Series, xlabel:str, ax, title, label):
+    "`metric` of the evaluated rounds against `x` (one value per round): the line of `plot_metric` and `plot_communication`."
     import matplotlib.pyplot as plt
     check_choice('metric', metric, METRIC_COLUMNS + ('train_loss',))
     if ax is None: _, ax = plt.subplots(figsize=(5, 3))
-    ev = rounds.dropna(subset=[metric])
-    ax.plot(ev['round'] + 1, ev[metric], marker='o', ms=3, label=label)
-    ax.set_xlabel('round'); ax.set_ylabel(metric); ax.grid(alpha=.3)
+    ev = rounds[metric].notna()
+    ax.plot(x[ev], rounds.loc[ev, metric], marker='o', ms=3, label=label)
+    ax.set_xlabel(xlabel); ax.set_ylabel(metric); ax.grid(alpha=.3)
     if title: ax.set_title(title)
     ax.figure.tight_layout()
     return ax.figure
+
+def plot_metric(rounds:pd.DataFrame, metric:str='accuracy', ax=None, title:str|None=None, label:str|None=None):
+    "Line plot of `metric` over the evaluated rounds; returns the figure."
+    return _plot_evaluated(rounds, metric, rounds['round'] + 1, 'round', ax, title, label)
 
 def plot_client_spread(rounds:pd.DataFrame, ax=None, title:str|None=None):
     "The clients' local test accuracy per evaluated round: mean with its standard deviation, 10th percentile, worst."
@@ -670,16 +674,7 @@ def cumulative_bytes(rounds:pd.DataFrame) -> pd.Series:
 
 def plot_communication(rounds:pd.DataFrame, metric:str='accuracy', ax=None, title:str|None=None, label:str|None=None):
     "The metric of the evaluated rounds against the megabytes communicated so far; call again with `ax` to overlay methods."
-    import matplotlib.pyplot as plt
-    check_choice('metric', metric, METRIC_COLUMNS + ('train_loss',))
-    if ax is None: _, ax = plt.subplots(figsize=(5, 3))
-    mb = cumulative_bytes(rounds) / 1e6
-    ev = rounds[metric].notna()
-    ax.plot(mb[ev], rounds.loc[ev, metric], marker='o', ms=3, label=label)
-    ax.set_xlabel('MB sent down and up (cumulative)'); ax.set_ylabel(metric); ax.grid(alpha=.3)
-    if title: ax.set_title(title)
-    ax.figure.tight_layout()
-    return ax.figure
+    return _plot_evaluated(rounds, metric, cumulative_bytes(rounds) / 1e6, 'MB sent down and up (cumulative)', ax, title, label)
 
 def _save_png(fig, path:Path):
     import matplotlib.pyplot as plt
