@@ -100,6 +100,14 @@ def _print_results(run_dir:Path, summary:dict, out=None):
     if best.get('accuracy') is not None:
         print(f"chosen on validation: round {int(best['round']) + 1}, test accuracy {best['accuracy']:.4f}"
               + (f", worst client {best['client_acc_min']:.4f}" if best.get('client_acc_min') is not None else ''), file=out)
+    from fedhello_nb.trackers import TENSORBOARD_FOLDER, MLFLOW_DB   # here: the module imports torch, `fedhello --help` need not
+    comm = summary.get('communication') or {}
+    if comm.get('bytes_total'):
+        print(f"communicated: {comm['bytes_down'] / 1e6:.2f} MB down, {comm['bytes_up'] / 1e6:.2f} MB up "
+              f"(communication.png)", file=out)
+    if (run_dir/TENSORBOARD_FOLDER).is_dir(): print(f'TensorBoard: tensorboard --logdir {run_dir/TENSORBOARD_FOLDER}', file=out)
+    if (run_dir/MLFLOW_DB).is_file():
+        print(f'MLflow: mlflow ui --backend-store-uri sqlite:///{(run_dir/MLFLOW_DB).resolve()}', file=out)
 
 def _error(msg:str) -> None: print(f'fedhello: error: {msg}', file=sys.stderr)
 

@@ -192,6 +192,21 @@ class OutputConfig(_Section):
     checkpoint_every: int = Field(1, ge=0, description="Checkpoint every this many rounds; 0 disables checkpoints.")
     resume: bool = Field(False, description="Continue from the run folder's last checkpoint instead of refusing an existing run.")
     quiet: bool = Field(False, description="No progress bar (batch runs).")
+    trackers: list[Literal['tensorboard', 'mlflow']] = Field([], description=
+        "Experiment trackers that also receive every round's metrics: 'tensorboard' (event files in <dir>/tensorboard), "
+        "'mlflow' (a run in <dir>/mlflow.db, or at mlflow_uri); pip install 'fedhello-nb[trackers]'.")
+    mlflow_uri: Optional[str] = Field(None, min_length=1, description=
+        "MLflow tracking URI (a server, or another database) instead of the run folder's own mlflow.db.")
+
+    @field_validator('trackers', mode='before')
+    @classmethod
+    def _one_tracker(cls, v): return [v] if isinstance(v, str) else v    # 'mlflow' is the list ['mlflow']
+
+    @field_validator('trackers')
+    @classmethod
+    def _distinct(cls, v):
+        if len(set(v)) != len(v): raise ValueError('expected each tracker at most once')
+        return v
 
 # %% ../nbs/01_config.ipynb #0cfab212
 # what `allocation.compat='release'` stands for (the released code's choices); FedHelloStrategy also leaves the

@@ -29,6 +29,7 @@ from .metrics import (Predictions, predict, scores, evaluate, macro_f1, client_s
 from .runio import (check_run_dir, prepare_run_dir, discard_on_failure, save_checkpoint, load_checkpoint,
                                list_checkpoints, write_table, atomic_write, atomic_write_text, rng_state, set_rng_state,
                                stream_rng, stream_seed, save_state_file)
+from .trackers import RunTrackers, check_trackers
 
 _log = logging.getLogger('fedhello_nb.engine')   # the module's name, in the notebook too
 
@@ -693,14 +694,21 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
                   ) -> RunResult:
     "Run (or resume) a federated experiment and write its results into `config.output.dir`."
     cfg = make_config(config, **overrides)
+    check_trackers(cfg.output.trackers)
     run_dir = Path(cfg.output.dir)
     resuming = check_run_dir(run_dir, cfg.to_dict(), cfg.output.resume)   # refused before anything loads
     if resuming: _check_resumable(run_dir)
     fed = Federation.from_config(cfg)                                      # bad input fails here, nothing written
-    with discard_on_failure(run_dir, enabled=not resuming) as keep:
+    with discard_on_failure(run_dir, enabled=not resuming) as keep, RunTrackers(cfg, run_dir) as trackers:
         prepare_run_dir(run_dir, cfg.to_dict(), cfg.output.resume)
         extra = (setup(fed) if setup is not None else None) or {}
-        res, seconds, last = _run_rounds(fed, run_dir, resuming, runtime or InProcessRuntime(), on_round_end, keep)
+        res, seconds, last = _run_rounds(fed, run_dir, resuming, runtime or InProcessRuntime(), on_round_end, keep, trackers)
+        trackers.finish(_write_results(fed, run_dir, res, seconds, last, extra))
+    return res
+
+def _write_results(fed:Federation, run_dir:Path, res:RunResult, seconds:float, last:RoundEvaluation|None, extra:dict) -> dict:
+    "What a run writes once its rounds are done: plots, per-class tables, the final model, summary.json (returned)."
+    cfg = fed.config
     _save_png(res.plot_metric(), run_dir/'metric.png')
     _save_png(res.plot_trainers(), run_dir/'trainers.png')
     _save_png(res.plot_communication(), run_dir/'communication.png')
@@ -721,7 +729,7 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
                'seconds_this_call': seconds,
                'resumed_from': res.resumed_from, **extra}
     atomic_write_text(run_dir/'summary.json', json.dumps(strict_json(summary), indent=2, default=float))
-    return res
+    return summary
 
 def _best_on_test(rounds:pd.DataFrame) -> dict|None:
     "The highest test accuracy of any round, labelled as what it is: chosen on the test split, so optimistic."
@@ -747,7 +755,8 @@ def _run_rounds(fed:Federation, run_dir:Path,
                 resuming:bool,          # continue from the newest checkpoint, if there is one
                 runtime,                # carries out the clients' tasks (`InProcessRuntime`, `FlowerRuntime`)
                 on_round_end,           # called with each round's row, or None
-                keep:Callable           # from `discard_on_failure`: called once a round's tables are written
+                keep:Callable,          # from `discard_on_failure`: called once a round's tables are written
+                trackers:RunTrackers|None=None # fed each round's rows right after the tables
                ) -> tuple[RunResult, float, RoundEvaluation|None]:
     "The round loop, from round 0 or the newest checkpoint: (result, seconds it took, the last round's evaluation if it ran)."
     cfg = fed.config
@@ -761,6 +770,8 @@ def _run_rounds(fed:Federation, run_dir:Path,
             fed.strategy.load_state_tensors({k[len(STRATEGY_PREFIX):]: v for k, v in tensors.items() if k.startswith(STRATEGY_PREFIX)})
         set_rng_state(saved['rng'])
         rounds, clients, evals, start = saved['rounds'], saved['clients'], saved.get('client_eval', []), saved['round']
+    trackers = trackers or RunTrackers(cfg, run_dir)
+    trackers.begin(start)
     bar, last = _progress(tr.rounds, start, out.quiet, cfg.name), None
     t_run = time.perf_counter()
     for t in range(start, tr.rounds):
@@ -776,6 +787,7 @@ def _run_rounds(fed:Federation, run_dir:Path,
         if evals: write_table(pd.DataFrame(evals), run_dir/'client_eval', out.format)
         _write_strategy_results(fed.strategy, run_dir, out.format)
         keep()
+        trackers.log_round(t, row, crow)
         if out.checkpoint_every and ((t + 1) % out.checkpoint_every == 0 or t + 1 == tr.rounds):
             own = fed.strategy.state_tensors() if hasattr(fed.strategy, "state_tensors") else {}
             save_checkpoint(run_dir, t + 1, {**state, **{STRATEGY_PREFIX + k: v for k, v in own.items()}},

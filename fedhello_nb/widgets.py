@@ -933,10 +933,13 @@ class RunPanel(Panel):
         self.lr = a('lr', W.FloatText(cfg.train.lr, description='lr', layout=W.Layout(width='200px')), watch=False)
         self.out_dir = a('out_dir', W.Text(cfg.output.dir, description='output dir', layout=wide()), watch=False)
         self.resume = a('resume', W.Checkbox(cfg.output.resume, description='resume'), watch=False)
+        self.trackers = a('trackers', W.SelectMultiple(options=['tensorboard', 'mlflow'], value=cfg.output.trackers, rows=2,
+                                                       description='trackers', layout=W.Layout(width='200px')), watch=False)
         self.yaml = a('yaml', W.Textarea(cfg.to_yaml(), layout=W.Layout(width='100%', height='16em')), watch=False)
         self._fields = {'name': 'name', 'model': 'model.name', 'source': 'data.source', 'strategy': 'allocation.strategy',
                         'rounds': 'train.rounds', 'num_clients': 'clients.num_clients', 'per_round': 'clients.per_round',
-                        'lr': 'train.lr', 'out_dir': 'output.dir', 'resume': 'output.resume'}
+                        'lr': 'train.lr', 'out_dir': 'output.dir', 'resume': 'output.resume',
+                        'trackers': 'output.trackers'}
         for k in self._fields: self.controls[k].observe(self._control_changed, names='value')
         self.apply_button = W.Button(description='Apply YAML')
         self.start_button = W.Button(description='Start', button_style='success')
@@ -952,7 +955,8 @@ class RunPanel(Panel):
         self.thread: threading.Thread|None = None
         self._stop, self._last_draw, self._syncing = threading.Event(), 0.0, False
         left = W.VBox([self.name, self.model, self.source, self.strategy, self.out_dir])
-        right = W.VBox([W.HBox([self.rounds, self.lr]), W.HBox([self.num_clients, self.per_round]), self.resume])
+        right = W.VBox([W.HBox([self.rounds, self.lr]), W.HBox([self.num_clients, self.per_round]),
+                        W.HBox([self.resume, self.trackers])])
         yaml_box = W.Accordion([W.VBox([self.yaml, self.apply_button])], titles=('configuration (YAML)',))
         self._assemble(W.HBox([left, right]), yaml_box,
                        W.HBox([self.start_button, self.stop_button, self.progress, self.progress_label]), self.out)
@@ -994,7 +998,10 @@ class RunPanel(Panel):
         self._set_config(cfg)
         return True
 
-    def _export(self): return {k: v for k, v in self.cfg.flat().items() if not k.startswith('output.')}
+    def _export(self):
+        "The configuration less where results go (the template's `out_dir`); trackers, when chosen, go with it."
+        return {k: v for k, v in self.cfg.flat().items()
+                if not k.startswith('output.') or (k in ('output.trackers', 'output.mlflow_uri') and v)}
 
     @property
     def config(self) -> ExperimentConfig:

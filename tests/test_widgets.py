@@ -337,6 +337,9 @@ def test_run_panel_config_editing(tmp_path):
     p = rp.to_papermill(out_dir='runs/y')
     assert p['out_dir'] == 'runs/y' and p['overrides']['train.lr'] == 0.02
     assert not any(k.startswith('output.') for k in p['overrides'])
+    rp.trackers.value = ('tensorboard',)                       # a list field from a multiple choice, kept in the export
+    assert rp.cfg.output.trackers == ['tensorboard'] and 'trackers:\n  - tensorboard\n' in rp.yaml.value
+    assert rp.to_papermill()['overrides']['output.trackers'] == ['tensorboard']
     rp.export_button.click()
     assert 'papermill' in rp.export_area.value and rp.export_area.layout.display == ''
     parsed = yaml.safe_load(rp.export_area.value.split('# papermill')[0])
