@@ -155,6 +155,9 @@ class HierConfig(_Section):
     deadline: Optional[float] = Field(None, gt=0, description="Simulated seconds an arm's round may take; None: no deadline.")
     speeds: Optional[list[float]] = Field(None, description=
         "Speed factor of each capacity class (1 is the reference device); None: capacity / L.")
+    bandwidth: Optional[list[float]] = Field(None, description=
+        "Link bandwidth of each capacity class in Mbit/s: the simulated clock sends the ledger's bytes over it; "
+        "None: 20 Mbit/s for every class.")
     target_accuracy: Optional[float] = Field(None, gt=0, le=1, description=
         "Accuracy whose first crossing gives the simulated time-to-target in the results.")
 
@@ -242,7 +245,8 @@ class ExperimentConfig(_Section):
                                     f'expected one fraction per capacity class ({len(c.capacities)})')
         if any(f < 0 for f in c.fractions) or abs(sum(c.fractions) - 1) > 1e-6:
             raise FedHelloError('clients.fractions', c.fractions, 'expected non-negative fractions that sum to 1')
-        for name, values in (('rank.ranks', self.rank.ranks), ('hier.speeds', self.hier.speeds)):
+        for name, values in (('rank.ranks', self.rank.ranks), ('hier.speeds', self.hier.speeds),
+                             ('hier.bandwidth', self.hier.bandwidth)):
             if values is not None and c.capacities is not None and len(values) != len(c.capacities):
                 raise FedHelloError(name, values, f'expected one value per capacity class ({len(c.capacities)})')
             if values is not None and len(values) != len(c.fractions):
@@ -251,6 +255,8 @@ class ExperimentConfig(_Section):
             raise FedHelloError('rank.ranks', self.rank.ranks, 'expected ranks >= 1')
         if self.hier.speeds is not None and any(v <= 0 for v in self.hier.speeds):
             raise FedHelloError('hier.speeds', self.hier.speeds, 'expected positive speed factors')
+        if self.hier.bandwidth is not None and any(not v > 0 or math.isinf(v) for v in self.hier.bandwidth):
+            raise FedHelloError('hier.bandwidth', self.hier.bandwidth, 'expected positive, finite bandwidths in Mbit/s')
         if self.hier.depths is not None and (not self.hier.depths or any(d < 1 for d in self.hier.depths)):
             raise FedHelloError('hier.depths', self.hier.depths, 'expected a non-empty list of depths >= 1')
         if any(x < 1 for x in self.hier.taus):

@@ -22,13 +22,14 @@ from .data import make_loader
 from .grouping import Grouping, group_clients, random_groups
 from .rucb import Arm, make_arms, RoundTimeModel, GroupBandits, plot_arms
 from .config import TrainConfig
-from .engine import TrainInstruction, config_errors, derived_seed
+from .engine import TrainInstruction, config_errors, derived_seed, payload_bytes
 
 
 # %% auto #0
-__all__ = ['TIME_SOURCES', 'GROUP_COLUMNS', 'client_speeds', 'linear_step_seconds', 'flops_step_seconds', 'SimulatedClock',
-           'aggregate_groups', 'mean_loss', 'state_loss', 'GroupRound', 'HierFedLoRA', 'default_depths',
-           'simulated_clock', 'build_strategy', 'time_to_target', 'compare_runs']
+__all__ = ['TIME_SOURCES', 'GROUP_COLUMNS', 'DEFAULT_BANDWIDTH', 'client_speeds', 'linear_step_seconds', 'flops_step_seconds',
+           'SimulatedClock', 'aggregate_groups', 'mean_loss', 'state_loss', 'GroupRound', 'HierFedLoRA',
+           'default_depths', 'client_bandwidths', 'exchange_bytes', 'simulated_clock', 'build_strategy',
+           'time_to_target', 'compare_runs']
 
 # %% ../nbs/15_hierfedlora.ipynb #2b86aea4
 def client_speeds(plan:CapacityPlan,                # each client's capacity class
@@ -77,40 +78,63 @@ class SimulatedClock:
     step_seconds: list[float]      # seconds of one local step at backward depth d = 1..L on a speed-1 client
     speeds: list[float]            # speed factor of each client id
     comm_base: float = 0.1         # seconds per exchange that do not depend on the payload
-    comm_per_block: float = 0.05   # extra seconds per exchange per trained block
+    comm_per_block: float = 0.05   # the placeholder without bandwidths: extra seconds per exchange per trained block
     local_steps: int = 5           # steps per intra-group round assumed by the bandits' deadline check
     source: str = 'linear'         # where `step_seconds` came from: 'flops' or 'linear'
+    bandwidths: list[float]|None = None      # each client id's link in Mbit/s; None: the linear placeholder
+    exchange_bytes: list[float]|None = None  # bytes of one exchange at depth d = 1..L (down and up), for planning
 
     def __post_init__(self):
         self.step_seconds = [check_number('step_seconds', s, gt=0) for s in self.step_seconds]
         check(len(self.step_seconds) >= 1, 'step_seconds', self.step_seconds, 'expected one entry per depth 1..L')
         self.speeds = [check_number('speeds', s, gt=0) for s in np.ravel(self.speeds)]
         self.local_steps = check_int('local_steps', self.local_steps, ge=1)
+        if self.bandwidths is not None:
+            self.bandwidths = [check_number('bandwidths', b, gt=0) for b in np.ravel(self.bandwidths)]
+            check(len(self.bandwidths) == len(self.speeds), 'bandwidths', self.bandwidths, f'expected one per client ({len(self.speeds)})')
+        if self.exchange_bytes is not None:
+            self.exchange_bytes = [check_number('exchange_bytes', b, ge=0) for b in self.exchange_bytes]
+            check(len(self.exchange_bytes) == self.num_layers, 'exchange_bytes', self.exchange_bytes,
+                  f'expected one entry per depth 1..{self.num_layers}')
 
     @property
     def num_layers(self) -> int: return len(self.step_seconds)
 
     def time_model(self) -> RoundTimeModel:
         "The `RoundTimeModel` the bandits use: this clock's step table and communication costs."
+        at = lambda table: (lambda d: table[check_int('depth', d, ge=1, le=self.num_layers) - 1])
         return RoundTimeModel(self.local_steps, comm_base=self.comm_base, comm_per_block=self.comm_per_block,
-                              step_time=lambda d: self.step_seconds[check_int('depth', d, ge=1, le=self.num_layers) - 1])
+                              step_time=at(self.step_seconds),
+                              comm_bytes=None if self.exchange_bytes is None else at(self.exchange_bytes))
+
+    def exchange_seconds(self, client:int,        # client id
+                         trained:int,             # trained blocks (the top ones under HierFedLoRA)
+                         nbytes:float|None=None   # the bytes it moved (the ledger's); None: `exchange_bytes[trained]`
+                        ) -> float:
+        "One exchange of `client`: `comm_base` plus its bytes over its bandwidth (the linear placeholder without bandwidths)."
+        if self.bandwidths is None or (nbytes is None and self.exchange_bytes is None):
+            return self.comm_base + self.comm_per_block * trained
+        if nbytes is None: nbytes = self.exchange_bytes[trained - 1]
+        return self.comm_base + 8 * nbytes / (1e6 * self.bandwidths[client])
 
     def client_seconds(self, client:int, # client id
                        depth:int,        # how deep backward goes: L - shallowest trained block (0: idle)
                        trained:int,      # trained blocks (the payload of the exchange)
-                       steps:int         # local steps it ran
+                       steps:int,        # local steps it ran
+                       nbytes:float|None=None # bytes of the exchange, down and up (the ledger's); None: planned
                       ) -> float:
         "One client's local steps at its speed plus one exchange."
         if depth == 0 or steps == 0: return 0.0
-        comm = self.comm_base + self.comm_per_block * trained
-        return steps * self.step_seconds[depth - 1] / self.speeds[client] + comm
+        return steps * self.step_seconds[depth - 1] / self.speeds[client] + self.exchange_seconds(client, trained, nbytes)
 
     def round_seconds(self, client_rows:pd.DataFrame # the engine's client rows of one round
                      ) -> float:
         "A layer-allocation (or rank) round: as long as its slowest replying client."
         ok = client_rows[client_rows['status'] == 'ok']
+        ledger = 'bytes_down' in ok    # the bytes each client was sent and sent back
         t = [self.client_seconds(int(r.client), self.num_layers - int(r.shallowest) if r.shallowest >= 0 else 0,
-                                 int(r.num_blocks), int(r.steps)) for r in ok.itertuples()]
+                                 int(r.num_blocks), int(r.steps), r.bytes_down + r.bytes_up if ledger else None)
+             for r in ok.itertuples()]
         return max(t, default=0.0)
 
     def add_to(self, rounds:pd.DataFrame, # the engine's round rows
@@ -283,7 +307,8 @@ def continue_train(self:HierFedLoRA, round:int, state:dict[str, torch.Tensor], a
         times = []
         for u in updates:
             depth = min(p.arm.depth, self.capacities[u.client])
-            t = self.clock.client_seconds(u.client, depth, depth, u.metrics['steps'])
+            sent = payload_bytes(p.state) + payload_bytes(u.delta)     # the ledger's bytes of this exchange
+            t = self.clock.client_seconds(u.client, depth, depth, u.metrics['steps'], sent)
             p.client_sim[u.client] = p.client_sim.get(u.client, 0.0) + t; times.append(t)
             p.trained[u.client], p.weight[u.client] = set(u.delta), client_weight(u, self.weights)
         if updates: p.state, _ = layerwise_average(p.state, updates, self.weights)
@@ -354,6 +379,27 @@ def _mean_tokens(fed) -> int:
     size, patch = getattr(cfg, 'image_size', 224), getattr(cfg, 'patch_size', 16)
     return (size // patch) ** 2 + 1
 
+DEFAULT_BANDWIDTH = 20.0   # Mbit/s of every class's link when `hier.bandwidth` is None
+
+def client_bandwidths(plan:CapacityPlan,                 # each client's capacity class
+                      bandwidth:Sequence[float]|None=None # Mbit/s of each capacity class; None: `DEFAULT_BANDWIDTH` each
+                     ) -> np.ndarray:
+    "The link bandwidth (Mbit/s) of every client id: its capacity class's entry of `hier.bandwidth`."
+    if bandwidth is None: return np.full(plan.num_clients, DEFAULT_BANDWIDTH)
+    check(len(bandwidth) == len(plan.capacities), 'hier.bandwidth', list(bandwidth),
+          f'expected one bandwidth per capacity class ({len(plan.capacities)})')
+    return np.asarray([check_number('hier.bandwidth', b, gt=0) for b in bandwidth])[plan.classes]
+
+def exchange_bytes(fm,                 # a `FedLoraModel`
+                   head:bool=True      # the head trains (and goes up with every reply)
+                  ) -> list[int]:
+    "Bytes of one HierFedLoRA exchange at depth d = 1..L, as the ledger counts it: the whole state down, the top d blocks (and the head) up."
+    state, L = fm.state(), fm.num_blocks
+    down = payload_bytes(state)
+    up = lambda d: payload_bytes({k: v for k, v in state.items()
+                                  if (b := fm.block_of(k)) is not None and b >= L - d or b is None and head})
+    return [down + up(d) for d in range(1, L + 1)]
+
 def simulated_clock(fed,                   # a `Federation`
                     source:str='auto'      # 'auto' (FLOPs if available, else linear), 'flops' or 'linear'
                    ) -> SimulatedClock:
@@ -365,7 +411,9 @@ def simulated_clock(fed,                   # a `Federation`
     if table is None and source == 'flops':
         raise FedHelloError('source', source, 'the FLOP estimate needs fedhello_nb.memory (MemoryEstimator), which is not available')
     return SimulatedClock(table or linear_step_seconds(L), client_speeds(fed.plan, cfg.hier.speeds, L).tolist(),
-                          local_steps=steps, source='flops' if table else 'linear')
+                          local_steps=steps, source='flops' if table else 'linear',
+                          bandwidths=client_bandwidths(fed.plan, cfg.hier.bandwidth).tolist(),
+                          exchange_bytes=exchange_bytes(fed.fm, cfg.train.head != 'frozen'))
 
 # %% ../nbs/15_hierfedlora.ipynb #0f7ddaeb
 def build_strategy(fed # the `Federation` (model, data, partition, capacity plan, configuration)
@@ -390,11 +438,11 @@ def build_strategy(fed # the `Federation` (model, data, partition, capacity plan
     for t in h.taus: check_int('hier.taus', t, ge=1)
     arms = make_arms(depths, h.taus, L)
     clock = simulated_clock(fed)
-    speeds = np.asarray(clock.speeds)
+    speeds, links = np.asarray(clock.speeds), np.asarray(clock.bandwidths)
     with config_errors('hier'):          # the engine's renaming: `deadline` is reported as `hier.deadline`
         grouping = group_clients(hist, h.num_groups, resources=speeds, lam=h.lam)
         bandits = GroupBandits(arms, [speeds[g].tolist() for g in grouping.groups], clock.time_model(), h.deadline,
-                               seed=tr.seed, c=h.exploration, num_layers=L)
+                               seed=tr.seed, group_bandwidths=[links[g].tolist() for g in grouping.groups], c=h.exploration, num_layers=L)
     # the federation holds each client's validation rows out of its training rows (`Federation.reward_rows`)
     return HierFedLoRA(grouping, bandits, clock, tr, fed.plan.client_capacities.tolist(),
                        [fed.client_indices(k) for k in range(K)], fed.reward_rows, state_loss(fed), weights=tr.weights,

@@ -55,29 +55,36 @@ class RoundTimeModel:
     comm_base:float=0.1         # seconds per exchange that do not depend on d (the head, the protocol)
     comm_per_block:float=0.05   # extra seconds per exchange per trained block (its LoRA payload)
     step_time:Callable[[int], float]|None=None # measured seconds per step at depth d and speed 1; replaces the linear step model
+    comm_bytes:Callable[[int], float]|None=None # bytes of one exchange at depth d (down and up); with a bandwidth it replaces `comm_per_block`
 
     def __post_init__(self):
         self.local_steps = check_int('local_steps', self.local_steps, ge=1)
         for name in ('step_base', 'step_per_block', 'comm_base', 'comm_per_block'):
             setattr(self, name, check_number(name, getattr(self, name), ge=0))
-        check(self.step_time is None or callable(self.step_time), 'step_time', self.step_time, 'expected a callable of the depth, or None')
+        for name in ('step_time', 'comm_bytes'):
+            check(getattr(self, name) is None or callable(getattr(self, name)), name, getattr(self, name),
+                  'expected a callable of the depth, or None')
 
     def step_seconds(self, depth:int) -> float:
         "Seconds of one local step at depth `depth` on a speed-1 client."
         if self.step_time is None: return self.step_base + self.step_per_block * depth
         return check_number(f'step_time({depth})', self.step_time(depth), gt=0)
 
-    def comm_seconds(self, depth:int) -> float:
-        "Seconds of one exchange of the LoRA of `depth` blocks and the head."
-        return self.comm_base + self.comm_per_block * depth
+    def comm_seconds(self, depth:int, bandwidth:float|None=None) -> float:
+        "Seconds of one exchange at `depth`: `comm_bytes(depth)` over `bandwidth` (Mbit/s) when both are known, else linear."
+        if self.comm_bytes is None or bandwidth is None: return self.comm_base + self.comm_per_block * depth
+        bits = 8 * check_number(f'comm_bytes({depth})', self.comm_bytes(depth), ge=0)
+        return self.comm_base + bits / (1e6 * check_number('bandwidth', bandwidth, gt=0))
 
-    def client_seconds(self, depth:int, speed:float=1.0) -> float:
-        "One intra-group round of one client: local steps at its speed, then one exchange."
-        return self.local_steps * self.step_seconds(depth) / speed + self.comm_seconds(depth)
+    def client_seconds(self, depth:int, speed:float=1.0, bandwidth:float|None=None) -> float:
+        "One intra-group round of one client: local steps at its speed, then one exchange over its link."
+        return self.local_steps * self.step_seconds(depth) / speed + self.comm_seconds(depth, bandwidth)
 
-    def group_seconds(self, arm:Arm, speeds) -> float:
+    def group_seconds(self, arm:Arm, speeds, bandwidths=None) -> float:
         "A group's global round under `arm`: tau intra-group rounds, each as long as its slowest client's."
-        return arm.tau * self.client_seconds(arm.depth, float(np.min(speeds)))
+        if bandwidths is None: return arm.tau * self.client_seconds(arm.depth, float(np.min(speeds)))
+        check(np.size(bandwidths) == np.size(speeds), 'bandwidths', bandwidths, f'expected one per client ({np.size(speeds)})')
+        return arm.tau * max(self.client_seconds(arm.depth, float(s), float(b)) for s, b in zip(np.ravel(speeds), np.ravel(bandwidths)))
 
 # %% ../nbs/11_rucb.ipynb #e6db0477
 NORMALISATIONS = ('minmax', 'scale')
@@ -112,10 +119,12 @@ class RUCB:
                  tie_break:str='order',          # 'order' (first in `arms`) or 'random' (seeded)
                  seed:int=0,                     # seed of the random tie-break
                  group=0,                        # the group's id, written into the history
-                 num_layers:int|None=None        # L; when given, depths above it are refused
+                 num_layers:int|None=None,       # L; when given, depths above it are refused
+                 bandwidths=None                 # the group's client bandwidths in Mbit/s, paired with `speeds`; None: equal links
                 ):
         self.arms = _check_arms(arms, num_layers)
         self.speeds = _check_speeds(speeds)
+        self.bandwidths = None if bandwidths is None else _check_speeds(bandwidths, 'bandwidths')
         self.time_model = time_model if time_model is not None else RoundTimeModel()
         self.c = check_number('c', c, ge=0)
         self.normalise = check_choice('normalise', normalise, NORMALISATIONS)
@@ -123,7 +132,7 @@ class RUCB:
         self.reward_scale, self.group = reward_scale, group
         self.tie_break = check_choice('tie_break', tie_break, TIE_BREAKS)
         self.rng = np.random.default_rng(seed)
-        self.estimated_time = [self.time_model.group_seconds(a, self.speeds) for a in self.arms]
+        self.estimated_time = [self.time_model.group_seconds(a, self.speeds, self.bandwidths) for a in self.arms]
         self.deadline = None if deadline is None else check_number('deadline', deadline, gt=0)
         self.feasible = [deadline is None or t <= self.deadline for t in self.estimated_time]
         if not any(self.feasible):
@@ -233,13 +242,18 @@ class GroupBandits:
                  time_model:RoundTimeModel|None=None,  # None: `RoundTimeModel()`
                  deadline:float|None=None,             # seconds a group's round may last; None: no limit
                  seed:int=0,                           # group g's tie-break generator is seeded with (seed, g)
+                 group_bandwidths:Sequence|None=None,  # per group: its clients' bandwidths (Mbit/s, paired with the speeds)
                  **kwargs                              # c, normalise, reward_scale, tie_break, num_layers for `RUCB`
                 ):
         check(len(group_speeds) > 0, 'group_speeds', group_speeds, 'expected the speeds of at least one group')
         self.time_model = time_model if time_model is not None else RoundTimeModel()
         self.bandits = []
+        if group_bandwidths is not None:
+            check(len(group_bandwidths) == len(group_speeds), 'group_bandwidths', group_bandwidths,
+                  f'expected one list per group ({len(group_speeds)})')
         for g, speeds in enumerate(group_speeds):
-            try: self.bandits.append(RUCB(arms, speeds, self.time_model, deadline, seed=[seed, g], group=g, **kwargs))
+            bw = None if group_bandwidths is None else group_bandwidths[g]
+            try: self.bandits.append(RUCB(arms, speeds, self.time_model, deadline, seed=[seed, g], group=g, bandwidths=bw, **kwargs))
             except FedHelloError as e:
                 if e.param != 'deadline': raise
                 raise FedHelloError('deadline', deadline, f'group {g}: {e.allowed}') from None
@@ -259,7 +273,7 @@ class GroupBandits:
 
     def round_seconds(self, arms:Sequence) -> list[float]:
         "Each group's estimated time for its arm (the global round lasts as long as the largest)."
-        return [self.time_model.group_seconds(_check_arm(a, param='arm'), b.speeds) for b, a in zip(self.bandits, arms)]
+        return [self.time_model.group_seconds(_check_arm(a, param='arm'), b.speeds, b.bandwidths) for b, a in zip(self.bandits, arms)]
 
     @property
     def history(self) -> pd.DataFrame:

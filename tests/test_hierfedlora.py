@@ -47,10 +47,12 @@ def test_one_clock_times_every_method(tiny_run):
     full = curves[curves['method'] == 'full']
     clients = pd.read_csv(out/'runs'/'full'/'clients.csv')
     # full LoRA: every client trains all blocks, so a round lasts as long as the slowest client's full-depth steps
+    # and its exchange is the ledger's bytes (what it was sent and sent back) over its link
+    assert clock.bandwidths is not None and len(clock.exchange_bytes) == clock.num_layers
     for t, rows in clients.groupby('round'):
         ok = rows[rows['status'] == 'ok']
-        want = max(s * clock.step_seconds[-1] / clock.speeds[c] + clock.comm_base + clock.comm_per_block * clock.num_layers
-                   for c, s in zip(ok['client'], ok['steps']))
+        want = max(r.steps * clock.step_seconds[-1] / clock.speeds[r.client] + clock.comm_base
+                   + 8 * (r.bytes_down + r.bytes_up) / (1e6 * clock.bandwidths[r.client]) for r in ok.itertuples())
         assert math.isclose(full.loc[full['round'] == t, 'sim_seconds'].item(), want, rel_tol=1e-9)
     hier = pd.read_csv(out/'runs'/'hierfedlora'/'rounds.csv')
     assert (hier['sim_seconds'] > 0).all()
