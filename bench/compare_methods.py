@@ -18,9 +18,9 @@ stopped. `fedhello_nb.batch` missing, an in-process loop does the same.
 
 Writes into --out: results.csv (one row per run: method, partition, seed, the test accuracy at the best validation
 round and at the final round, macro-F1, the worst client and the 10th percentile of the clients' local accuracy,
-seconds, status), curves.csv (test accuracy per evaluated round), summary.csv (per method and partition: mean and 95%
-t-interval over seeds, and the paired difference with Fed-HeLLo, seed by seed), final_accuracy.png and
-accuracy_per_round.png, and prints the table. The model is chosen on validation rows (data.val_fraction), never on
+seconds, status), curves.csv (test accuracy per evaluated round, with the megabytes communicated so far), summary.csv (per method and partition: mean and 95%
+t-interval over seeds, and the paired difference with Fed-HeLLo, seed by seed), final_accuracy.png,
+accuracy_per_round.png and accuracy_vs_bytes.png (accuracy against cumulative megabytes), and prints the table. The model is chosen on validation rows (data.val_fraction), never on
 the test split. The sanity ladder brackets the federated methods: `local` (each client alone) and `centralized`
 (the pooled rows, the same optimizer steps).
 """
@@ -163,11 +163,16 @@ def run_grid(a) -> tuple['pd.DataFrame', 'pd.DataFrame']:
                             'final_macro_f1': r['macro_f1'], 'client_acc_p10': col('client_acc_p10'),
                             'client_acc_min': col('client_acc_min'), 'rounds': r['rounds'], 'seconds': r['seconds'],
                             'status': r['status'], 'error': r['error'], 'run': r['run']})
-    ev = res.rounds.dropna(subset=['accuracy']) if len(res.rounds) else res.rounds
+    rounds = res.rounds
+    if len(rounds):   # the ledger's running total of each run, over every round (evaluated or not)
+        from fedhello_nb.engine import cumulative_bytes
+        rounds = rounds.sort_values(['run', 'round'])
+        rounds = rounds.assign(mb=pd.concat([cumulative_bytes(g) for _, g in rounds.groupby('run', sort=False)]) / 1e6)
+    ev = rounds.dropna(subset=['accuracy']) if len(rounds) else rounds
     curves = pd.DataFrame({'method': ev['allocation.strategy'], 'partition': ev['partition.scheme'],
                            'seed': ev['train.seed'].astype(int), 'round': ev['round'].astype(int) + 1,
-                           'accuracy': ev['accuracy']}) if len(ev) else \
-             pd.DataFrame(columns=['method', 'partition', 'seed', 'round', 'accuracy'])
+                           'accuracy': ev['accuracy'], 'mb': ev['mb']}) if len(ev) else \
+             pd.DataFrame(columns=['method', 'partition', 'seed', 'round', 'accuracy', 'mb'])
     return results, curves
 
 
@@ -236,8 +241,9 @@ def plot_final(results, path:Path, title:str=''):
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 
-def plot_curves(curves, path:Path, title:str=''):
-    "Test accuracy per round, one panel per partition, one line per method (mean over seeds, band: min-max)."
+def plot_curves(curves, path:Path, title:str='', x:str='round'):
+    """Test accuracy per round (`x='round'`) or against the megabytes communicated so far (`x='mb'`, the ledger's
+    bytes down and up), one panel per partition, one line per method: mean over seeds at each round, band: min-max."""
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import numpy as np
@@ -248,13 +254,14 @@ def plot_curves(curves, path:Path, title:str=''):
         for j, m in enumerate(methods):
             c = curves[(curves['partition'] == p) & (curves['method'] == m)]
             if not len(c): continue
-            g = c.groupby('round')['accuracy']
-            mean, lo, hi = g.mean(), g.min(), g.max()
+            g = c.groupby('round')
+            xs, acc = g[x].mean(), g['accuracy']
             color, hatch = _style(j)
-            ax.plot(mean.index, mean.values, color=color, lw=1.2, ls='--' if hatch else '-', label=m)
-            ax.fill_between(mean.index, lo.values, hi.values, color=color, alpha=.12)
-        ax.set_title(p); ax.set_xlabel('round'); ax.grid(alpha=.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.plot(xs.values, acc.mean().values, color=color, lw=1.2, ls='--' if hatch else '-', label=m)
+            ax.fill_between(xs.values, acc.min().values, acc.max().values, color=color, alpha=.12)
+        ax.set_title(p); ax.grid(alpha=.3)
+        if x == 'round': ax.set_xlabel('round'); ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else: ax.set_xlabel('MB sent down and up (cumulative, mean over seeds)')
     axes[0][0].set_ylabel('test accuracy')
     if title: fig.suptitle(title, fontsize=9)
     axes[0][-1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.0, 1.0))
@@ -290,6 +297,7 @@ def main(argv=None) -> int:
     title = f'{a.model} on {a.data}'
     plot_final(results, out/'final_accuracy.png', title)
     plot_curves(curves, out/'accuracy_per_round.png', title)
+    plot_curves(curves, out/'accuracy_vs_bytes.png', title, x='mb')
     with pd.option_context('display.width', 200, 'display.max_columns', 20, 'display.max_rows', 500):
         print('\nresults (one row per run):')
         print(results.drop(columns=['error', 'run']).to_string(index=False))

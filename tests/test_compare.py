@@ -27,6 +27,13 @@ def test_tiny_grid_end_to_end(tmp_path, capsys):
     assert (res['rounds'] == 2).all() and (res['seconds'] > 0).all()
     curves = pd.read_csv(tmp_path/'curves.csv')
     assert len(curves) == 12 * 2 and sorted(set(curves['round'])) == [1, 2]
+    # megabytes so far: positive, growing round by round in every run, and equal to the run's own rounds.csv
+    assert (curves['mb'] > 0).all()
+    assert (curves.sort_values('round').groupby(['method', 'partition', 'seed'])['mb'].diff().dropna() > 0).all()
+    one = res.iloc[0]
+    rr = pd.read_csv(tmp_path/'sweep'/one['run']/'results'/'rounds.csv')
+    mine = curves[(curves['method'] == one['method']) & (curves['partition'] == one['partition']) & (curves['seed'] == one['seed'])]
+    assert abs(mine.sort_values('round')['mb'].iloc[-1] - (rr['bytes_down'] + rr['bytes_up']).sum() / 1e6) < 1e-9
     summary = pd.read_csv(tmp_path/'summary.csv')
     assert len(summary) == 6 and (summary['seeds'] == 2).all()
     assert summary['acc_ci95'].notna().all() and (summary['acc_ci95'] >= 0).all()
@@ -37,7 +44,7 @@ def test_tiny_grid_end_to_end(tmp_path, capsys):
         diff = (mine['accuracy_at_best_val'] - ref.loc[mine.index]).to_numpy()
         assert abs(r.diff_vs_fedhello - diff.mean()) < 1e-12
     assert summary[summary['method'] == 'fedhello']['diff_vs_fedhello'].isna().all()
-    for png in ('final_accuracy.png', 'accuracy_per_round.png'):
+    for png in ('final_accuracy.png', 'accuracy_per_round.png', 'accuracy_vs_bytes.png'):
         assert (tmp_path/png).stat().st_size > 1000
     assert 'best validation round' in printed and 'pathological' in printed and 'Δ' in printed
     # a second call finds every run finished and repeats none; --collect-only gathers the same table
