@@ -156,12 +156,12 @@ def test_bad_node_configuration_refused(flower_run, deployment):
     for i in (3, 4, 5): assert 'fedhello node refused the query message' in deployment.log(f'supernode{i}.log'), i
 
 
-# one strategy of each family besides the layer allocation of `flower_run` (Fed-HeLLo, which reaches its FIM phase in
-# round 1): rank methods (HetLoRA), HierFedLoRA (its intra-group rounds are further exchanges) and local (the server
-# keeps each client's own model). FLoRA's message path (the merged base weights a node receives) is checked against
-# the in-process runtime, tensors and ledger, in the Flower chapter's stand-in grid, which runs node_train itself.
-FAMILIES = {'hetlora': ({}, ['rank']),
-            'hierfedlora': ({}, ['group', 'depth', 'tau']), 'local': ({}, [])}
+# Besides the layer allocation of `flower_run` (Fed-HeLLo, which reaches its FIM phase in round 1), HierFedLoRA runs on
+# the real SuperNodes: its intra-group rounds are further exchanges within a round, the one flow of messages no other
+# family has. The other families' messages (HetLoRA's rank-truncated tensors, FLoRA's merged base weights, `local`'s
+# per-client models) are checked against the in-process runtime, tensors and ledger, in the Flower chapter's stand-in
+# grid, which runs node_train itself on Flower's own Message objects; the transport under them is the same for all.
+FAMILIES = {'hierfedlora': ({}, ['group', 'depth', 'tau'])}
 
 @pytest.mark.parametrize('strategy', list(FAMILIES))
 def test_every_family_on_flower_equals_engine(deployment, flower_run, tmp_path, strategy):
@@ -186,12 +186,7 @@ def test_every_family_on_flower_equals_engine(deployment, flower_run, tmp_path, 
     if strategy == 'hierfedlora':
         pd.testing.assert_frame_equal(read_table(tmp_path/'out'/'groups.csv'), read_table(tmp_path/'ref'/'groups.csv'),
                                       check_exact=False, rtol=1e-4)
-    tensors = _same_tensors(tmp_path/'out', ref)
-    if strategy == 'local':                 # each client's own model, kept by the server's strategy
-        ref_tensors, _ = load_checkpoint(tmp_path/'ref')
-        own = [k for k in ref_tensors if k.startswith('strategy/')]
-        assert own and set(own) <= set(tensors)
-        for k in own: torch.testing.assert_close(tensors[k], ref_tensors[k], rtol=1e-4, atol=1e-5)
+    _same_tensors(tmp_path/'out', ref)
 
 
 FAULTY_APP = """\
@@ -285,13 +280,14 @@ def test_dead_node_does_not_hang_the_run(deployment, flower_run, federation, tmp
     assert rounds['status'].tolist() == ['ok']
     assert rounds['seconds'].iloc[0] < timeout + 60, rounds      # it did not wait for the dead node beyond the timeout
     by_client = clients.set_index('client')
-    # two outcomes are both correct, and which one happens depends on how fast the SuperLink notices the node has
-    # gone: it is no longer connected when the round starts (recorded at once), or it dies after the train message
-    # was sent (no reply, or an error reply from Flower)
+    # several outcomes are correct, and which one happens depends on how fast the SuperLink notices the node has
+    # gone: it had gone before the nodes were mapped to clients (no node plays the client), it is no longer
+    # connected when the round starts (recorded at once), or it dies after the train message was sent (no reply,
+    # or an error reply from Flower)
     error = str(by_client.loc[victim, 'error'])
     assert by_client.loc[victim, 'status'] == 'failed', by_client
-    assert ('unavailable: its SuperNode' in error or f'no reply within {timeout:g} s' in error
-            or error.startswith('node error:')), error
+    assert (error == 'no SuperNode for this partition-id' or 'unavailable: its SuperNode' in error
+            or f'no reply within {timeout:g} s' in error or error.startswith('node error:')), error
     survivor = by_client.drop(victim)
     assert survivor['status'].tolist() == ['ok'] and survivor['steps'].tolist() == [1]
     # the survivor's update was aggregated: the global tensors of its blocks moved
