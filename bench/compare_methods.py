@@ -17,12 +17,13 @@ not repeated when the command is started again with the same settings, so an int
 stopped. `fedhello_nb.batch` missing, an in-process loop does the same.
 
 Writes into --out: results.csv (one row per run: method, partition, seed, the test accuracy at the best validation
-round and at the final round, macro-F1, the worst client and the 10th percentile of the clients' local accuracy,
-seconds, status), curves.csv (test accuracy per evaluated round, with the megabytes communicated so far), summary.csv (per method and partition: mean and 95%
-t-interval over seeds, and the paired difference with Fed-HeLLo, seed by seed), final_accuracy.png,
-accuracy_per_round.png and accuracy_vs_bytes.png (accuracy against cumulative megabytes), and prints the table. The model is chosen on validation rows (data.val_fraction), never on
-the test split. The sanity ladder brackets the federated methods: `local` (each client alone) and `centralized`
-(the pooled rows, the same optimizer steps).
+round and at the final round, macro-F1, the worst client and the 10th percentile of the clients' local accuracy, the
+megabytes communicated, seconds, status), curves.csv (test accuracy per evaluated round, with the megabytes
+communicated so far), summary.csv (per method and partition: mean and 95% t-interval over seeds, and the paired
+difference with Fed-HeLLo, seed by seed), final_accuracy.png, accuracy_per_round.png and accuracy_vs_bytes.png
+(accuracy against cumulative megabytes), and prints the table. The model is chosen on validation rows
+(data.val_fraction), never on the test split. The sanity ladder brackets the federated methods: `local` (each client
+alone) and `centralized` (the pooled rows, the same optimizer steps).
 """
 from __future__ import annotations
 import argparse, importlib.util, json, os, shutil, sys, time
@@ -161,7 +162,8 @@ def run_grid(a) -> tuple['pd.DataFrame', 'pd.DataFrame']:
                             'seed': r['train.seed'].astype(int), 'accuracy_at_best_val': col('accuracy_at_best_val'),
                             'best_val_round': col('best_val_round'), 'final_accuracy': r['accuracy'],
                             'final_macro_f1': r['macro_f1'], 'client_acc_p10': col('client_acc_p10'),
-                            'client_acc_min': col('client_acc_min'), 'rounds': r['rounds'], 'seconds': r['seconds'],
+                            'client_acc_min': col('client_acc_min'), 'mb_total': col('bytes_total') / 1e6,
+                            'rounds': r['rounds'], 'seconds': r['seconds'],
                             'status': r['status'], 'error': r['error'], 'run': r['run']})
     rounds = res.rounds
     if len(rounds):   # the ledger's running total of each run, over every round (evaluated or not)
@@ -187,7 +189,8 @@ def summarise(results, reference:str=REFERENCE) -> 'pd.DataFrame':
     ok = results[results['status'] == 'ok']
     rows = []
     for (m, p), g in ok.groupby(['method', 'partition'], sort=False):
-        row = {'method': m, 'partition': p, 'seeds': len(g), 'seconds_mean': float(g['seconds'].mean())}
+        row = {'method': m, 'partition': p, 'seeds': len(g), 'seconds_mean': float(g['seconds'].mean()),
+               'mb_mean': float(g['mb_total'].mean())}
         for c, name in ((HEADLINE, 'acc'), ('final_accuracy', 'final'), ('client_acc_p10', 'p10')):
             i = mean_interval(g[c])
             row.update({f'{name}_mean': i['mean'], f'{name}_ci95': i['half']})

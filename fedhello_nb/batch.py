@@ -311,6 +311,7 @@ def collect(sweep_dir:str|Path,      # a folder written by `run_sweep`
                      **{m: final.get(m) for m in ('accuracy', 'macro_f1', 'eval_loss', 'client_acc_min', 'client_acc_p10')},
                      'best_val_round': best.get('round'), 'accuracy_at_best_val': best.get('accuracy'),
                      'macro_f1_at_best_val': best.get('macro_f1'), 'rounds': summary.get('rounds'),
+                     **{b: (summary.get('communication') or {}).get(b) for b in ('bytes_down', 'bytes_up', 'bytes_total')},
                      'dir': str(d/rid)})
         table = next((res/f'rounds.{x}' for x in ('csv', 'parquet') if (res/f'rounds.{x}').is_file()), None)
         if table is not None: rounds.append(read_table(table).assign(run=rid, **pvals))

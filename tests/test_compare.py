@@ -34,6 +34,7 @@ def test_tiny_grid_end_to_end(tmp_path, capsys):
     rr = pd.read_csv(tmp_path/'sweep'/one['run']/'results'/'rounds.csv')
     mine = curves[(curves['method'] == one['method']) & (curves['partition'] == one['partition']) & (curves['seed'] == one['seed'])]
     assert abs(mine.sort_values('round')['mb'].iloc[-1] - (rr['bytes_down'] + rr['bytes_up']).sum() / 1e6) < 1e-9
+    assert abs(one['mb_total'] - (rr['bytes_down'] + rr['bytes_up']).sum() / 1e6) < 1e-9
     summary = pd.read_csv(tmp_path/'summary.csv')
     assert len(summary) == 6 and (summary['seeds'] == 2).all()
     assert summary['acc_ci95'].notna().all() and (summary['acc_ci95'] >= 0).all()
