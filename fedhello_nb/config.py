@@ -19,8 +19,8 @@ __all__ = ['PARTITION_SCHEMES', 'PATTERNS', 'STRATEGIES', 'RANK_STRATEGIES', 'HI
            'ALL_STRATEGIES', 'RANK_SCALINGS', 'HOLD_MODES', 'FIM_SCORES', 'FIM_LAYER_SCORES', 'FIM_MAPPINGS',
            'DEFAULT_MODEL', 'DEFAULT_DATA', 'RELEASE_SETTINGS', 'ModelConfig', 'LoraSettings', 'DataConfig',
            'PartitionConfig', 'ClientsConfig', 'AllocationConfig', 'RankConfig', 'HierConfig', 'TrainConfig',
-           'EvalConfig', 'OutputConfig', 'ExperimentConfig', 'make_config', 'config_from_json', 'config_from_yaml',
-           'config_from_flat', 'load_config', 'parse_override', 'apply_overrides', 'config_fields']
+           'EvalConfig', 'OutputConfig', 'ExperimentConfig', 'make_config', 'flatten_dict', 'config_from_json',
+           'config_from_yaml', 'config_from_flat', 'load_config', 'parse_override', 'apply_overrides', 'config_fields']
 
 # %% ../nbs/01_config.ipynb #dea2593f
 PARTITION_SCHEMES = ('iid', 'dirichlet', 'pathological', 'quantity')
@@ -314,10 +314,13 @@ def make_config(data:dict|ExperimentConfig|None=None, # nested dict (or a config
     except ValidationError as e: raise _to_fedhello_error(e) from None
 
 # %% ../nbs/01_config.ipynb #a97d2c39
-def _flatten(d:dict, prefix='') -> dict:
+def flatten_dict(d:dict,      # nested dicts, e.g. `ExperimentConfig.to_dict()`
+                 prefix:str=''
+                ) -> dict:
+    "`{'section.field': value}`: the nested keys joined with dots."
     out = {}
     for k,v in d.items():
-        if isinstance(v, dict): out.update(_flatten(v, f'{prefix}{k}.'))
+        if isinstance(v, dict): out.update(flatten_dict(v, f'{prefix}{k}.'))
         else: out[f'{prefix}{k}'] = v
     return out
 
@@ -333,7 +336,7 @@ def to_yaml(self:ExperimentConfig) -> str: return yaml.safe_dump(self.to_dict(),
 @patch
 def flat(self:ExperimentConfig) -> dict:
     "`{'section.field': value}` for every field."
-    return _flatten(self.to_dict())
+    return flatten_dict(self.to_dict())
 
 @patch
 def save(self:ExperimentConfig, path:str|Path) -> Path:

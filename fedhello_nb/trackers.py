@@ -12,6 +12,7 @@ from numbers import Number
 from pathlib import Path
 from .validate import FedHelloError
 from .runio import atomic_write_text
+from .config import flatten_dict
 
 # %% auto #0
 __all__ = ['TRACKER_PACKAGES', 'TENSORBOARD_FOLDER', 'MLFLOW_DB', 'MLFLOW_RUN_FILE', 'TRACKERS', 'check_trackers',
@@ -48,15 +49,10 @@ def tracker_metrics(row:dict,                 # the round's row of rounds.csv
     return out
 
 # %% ../nbs/18_trackers.ipynb #48a09bf5
-def flat_params(config:dict, # a nested configuration (`ExperimentConfig.to_dict()`)
-                prefix:str=''
+def flat_params(config:dict # a nested configuration (`ExperimentConfig.to_dict()`)
                ) -> dict[str, str]:
     "The configuration as dotted names and string values (lists and None as JSON), as MLflow parameters are."
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict): out.update(flat_params(v, f'{prefix}{k}.'))
-        else: out[f'{prefix}{k}'] = v if isinstance(v, str) else json.dumps(v)
-    return out
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in flatten_dict(config).items()}
 
 # %% ../nbs/18_trackers.ipynb #1f6056d1
 TENSORBOARD_FOLDER = 'tensorboard'
@@ -138,8 +134,8 @@ class MLflowTracker:
 
     def finish(self, summary:dict):
         "The summary's headline numbers as metrics without a round: `final.accuracy`, `best_val.accuracy`, bytes."
-        flat = {k: x for k, v in flat_params({k: summary.get(k) for k in ('final', 'best_val', 'communication')}).items()
-                if (x := _number(json.loads(v) if v not in ('null', '') else None)) is not None}
+        flat = {k: x for k, v in flatten_dict({k: summary.get(k) or {} for k in ('final', 'best_val', 'communication')}).items()
+                if (x := _number(v)) is not None}
         self._log(flat, int(summary.get('rounds', 1)) - 1)
 
     def close(self, failed:bool=False):
