@@ -20,7 +20,8 @@ __all__ = ['PARTITION_SCHEMES', 'PATTERNS', 'STRATEGIES', 'RANK_STRATEGIES', 'HI
            'DEFAULT_MODEL', 'DEFAULT_DATA', 'RELEASE_SETTINGS', 'ModelConfig', 'LoraSettings', 'DataConfig',
            'PartitionConfig', 'ClientsConfig', 'AllocationConfig', 'RankConfig', 'HierConfig', 'TrainConfig',
            'EvalConfig', 'OutputConfig', 'ExperimentConfig', 'make_config', 'flatten_dict', 'config_from_json',
-           'config_from_yaml', 'config_from_flat', 'load_config', 'parse_override', 'apply_overrides', 'config_fields']
+           'config_from_yaml', 'config_from_flat', 'load_config', 'parse_override', 'apply_overrides',
+           'template_parameters', 'config_fields']
 
 # %% ../nbs/01_config.ipynb #dea2593f
 PARTITION_SCHEMES = ('iid', 'dirichlet', 'pathological', 'quantity')
@@ -40,8 +41,8 @@ DEFAULT_DATA = 'default'
 
 # %% ../nbs/01_config.ipynb #fda07d2e
 class _Section(BaseModel):
-    "Base of every configuration section: unknown fields are refused, assignments are validated."
-    model_config = ConfigDict(extra='forbid', validate_assignment=True)
+    "Base of every configuration section: unknown fields, and infinite or NaN numbers, are refused; assignments are validated."
+    model_config = ConfigDict(extra='forbid', validate_assignment=True, allow_inf_nan=False)
 
 class ModelConfig(_Section):
     "The backbone."
@@ -95,7 +96,7 @@ class PartitionConfig(_Section):
     min_size: int = Field(1, ge=0, description="Smallest number of samples a client may hold.")
     quantity: Literal['dirichlet', 'power'] = Field('dirichlet', description="Client sizes of 'quantity': Dirichlet(alpha) shares, or a power law (rank^-exponent over shuffled clients).")
     exponent: float = Field(1.0, gt=0, description="Power-law exponent of quantity='power'; larger is more skewed.")
-    seed: int = Field(0, description="Seed of the split.")
+    seed: int = Field(0, ge=0, description="Seed of the split.")
 
 class ClientsConfig(_Section):
     "The federation: how many clients, how many per round, and their capacities."
@@ -132,7 +133,7 @@ class AllocationConfig(_Section):
     depth: Optional[int] = Field(None, ge=1, description="Blocks from the output for 'depth'; None uses each client's capacity.")
     compat: Literal['paper', 'release'] = Field('paper', description=
         "'release' reproduces the released code: logit score, unordered clusters, hold none, uniform weights, frozen head.")
-    seed: int = Field(0, description="Seed of the allocation draws.")
+    seed: int = Field(0, ge=0, description="Seed of the allocation draws.")
 
 class RankConfig(_Section):
     "The rank-based baselines (HetLoRA, FlexLoRA, FLoRA): every client trains every layer at its class's rank."
@@ -172,7 +173,7 @@ class TrainConfig(_Section):
     grad_clip: Optional[float] = Field(None, gt=0, description="Clip the gradient norm to this value; None does not clip.")
     weights: Literal['data', 'uniform'] = Field('data', description="Aggregation weights: client sample counts, or 1 each (the release).")
     head: Literal['average', 'frozen'] = Field('average', description="Average the classification head over clients, or keep it frozen (the release).")
-    seed: int = Field(0, description="Seed of client selection, batches, dropout and the head's initialisation.")
+    seed: int = Field(0, ge=0, description="Seed of client selection, batches, dropout and the head's initialisation.")
     device: str = Field('auto', description="'auto' (CUDA when available), 'cpu', or a torch device string.")
 
     def steps_for(self, num_samples:int) -> int:
@@ -255,8 +256,8 @@ class ExperimentConfig(_Section):
             raise FedHelloError('rank.ranks', self.rank.ranks, 'expected ranks >= 1')
         if self.hier.speeds is not None and any(v <= 0 for v in self.hier.speeds):
             raise FedHelloError('hier.speeds', self.hier.speeds, 'expected positive speed factors')
-        if self.hier.bandwidth is not None and any(not v > 0 or math.isinf(v) for v in self.hier.bandwidth):
-            raise FedHelloError('hier.bandwidth', self.hier.bandwidth, 'expected positive, finite bandwidths in Mbit/s')
+        if self.hier.bandwidth is not None and any(v <= 0 for v in self.hier.bandwidth):
+            raise FedHelloError('hier.bandwidth', self.hier.bandwidth, 'expected positive bandwidths in Mbit/s')
         if self.hier.depths is not None and (not self.hier.depths or any(d < 1 for d in self.hier.depths)):
             raise FedHelloError('hier.depths', self.hier.depths, 'expected a non-empty list of depths >= 1')
         if any(x < 1 for x in self.hier.taus):
@@ -351,8 +352,27 @@ def save(self:ExperimentConfig, path:str|Path) -> Path:
     return path
 
 
-def config_from_json(text:str) -> ExperimentConfig: return make_config(json.loads(text))
-def config_from_yaml(text:str) -> ExperimentConfig: return make_config(yaml.safe_load(text) or {})
+def _config_data(text:str, fmt:str, field:str, value) -> dict:
+    "The sections a JSON or YAML configuration text holds; anything else is a `FedHelloError` naming `field`."
+    try: d = json.loads(text) if fmt == 'json' else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise FedHelloError(field, value, f'expected valid JSON ({e.msg} at line {e.lineno}, column {e.colno})') from None
+    except yaml.YAMLError as e:
+        mark, problem = getattr(e, 'problem_mark', None), getattr(e, 'problem', None) or str(e).splitlines()[0]
+        where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark is not None else ''
+        raise FedHelloError(field, value, f'expected valid YAML ({problem}{where})') from None
+    if d is None: return {}
+    if not isinstance(d, dict):
+        raise FedHelloError(field, value, f'expected a mapping of sections (model:, train:, ...), not a value of type {type(d).__name__}')
+    return d
+
+def config_from_json(text:str, field:str='json') -> ExperimentConfig:
+    "Build from JSON text; text that is not a JSON object of sections is refused naming `field`."
+    return make_config(_config_data(text, 'json', field, text[:40]))
+
+def config_from_yaml(text:str, field:str='yaml') -> ExperimentConfig:
+    "Build from YAML text; text that is not a YAML mapping of sections is refused naming `field`."
+    return make_config(_config_data(text, 'yaml', field, text[:40]))
 def config_from_flat(flat:dict) -> ExperimentConfig:
     "Build from `{'section.field': value}` (papermill parameters, command-line overrides)."
     return make_config(None, **flat)
@@ -361,8 +381,10 @@ def load_config(path:str|Path) -> ExperimentConfig:
     "Read a JSON or YAML configuration file."
     path = Path(path)
     if not path.is_file(): raise FedHelloError('config', str(path), 'expected an existing .json, .yaml or .yml file')
-    text = path.read_text()
-    return config_from_json(text) if path.suffix == '.json' else config_from_yaml(text)
+    try: text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e:
+        raise FedHelloError('config', str(path), f'expected a UTF-8 text file (byte {e.start} is not UTF-8)') from None
+    return make_config(_config_data(text, 'json' if path.suffix == '.json' else 'yaml', 'config', str(path)))
 
 
 # %% ../nbs/01_config.ipynb #e8536b19
@@ -377,6 +399,24 @@ def parse_override(key:str, text:str) -> tuple[str, Any]:
 def apply_overrides(cfg:ExperimentConfig, pairs:list[tuple[str, str]]) -> ExperimentConfig:
     "A new config with the text overrides `[(key, value_text), ...]` applied and validated."
     return make_config(cfg, **dict(parse_override(k, v) for k,v in pairs))
+
+# %% ../nbs/01_config.ipynb #42b25468
+_TRUTH = {'true': True, 'yes': True, '1': True, 'on': True, 'false': False, 'no': False, '0': False, 'off': False}
+
+def template_parameters(resume=False,   # a bool, or its text ('true'/'false', 'yes'/'no', '1'/'0')
+                        overrides=None  # a mapping of dotted fields to values, its YAML or JSON text, or None
+                       ) -> tuple[bool, dict]:
+    "The experiment template's `resume` and `overrides`, from the values or the strings papermill passes."
+    if isinstance(resume, str) and resume.strip().lower() in _TRUTH: resume = _TRUTH[resume.strip().lower()]
+    if not isinstance(resume, bool) and resume not in (0, 1):
+        raise FedHelloError('resume', resume, 'expected true or false')
+    if isinstance(overrides, str):
+        try: overrides = yaml.safe_load(overrides)
+        except yaml.YAMLError: raise FedHelloError('overrides', overrides, 'expected a mapping such as {train.rounds: 20}') from None
+    overrides = {} if overrides is None else overrides
+    if not isinstance(overrides, dict):
+        raise FedHelloError('overrides', overrides, 'expected a mapping of dotted fields to values, such as {train.rounds: 20}')
+    return bool(resume), dict(overrides)
 
 # %% ../nbs/01_config.ipynb #12bc95f0
 def config_fields() -> 'pd.DataFrame':

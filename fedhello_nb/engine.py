@@ -223,10 +223,15 @@ def config_errors(call:str # a key of `PARAM_FIELDS`
         raise FedHelloError(field + e.param[len(base):], e.value, e.allowed) from e
 
 def resolve_device(device:str='auto') -> torch.device:
-    "'auto' is CUDA when available, else CPU."
+    "'auto' is CUDA when available, else CPU; a CUDA device this machine does not have is refused."
     if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try: return torch.device(device)
+    try: dev = torch.device(device)
     except RuntimeError: raise FedHelloError('train.device', device, "expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == 'cuda':
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        check(n > 0, 'train.device', device, "this machine has no CUDA device: expected 'auto' or 'cpu'")
+        check(dev.index is None or dev.index < n, 'train.device', device, f'this machine has {n} CUDA device(s): cuda:0..cuda:{n - 1}')
+    return dev
 
 @dataclass
 class Federation:
@@ -262,11 +267,11 @@ class Federation:
         "Load the model and data, take the proxy set, partition, plan capacities and build the strategy."
         cfg = config if isinstance(config, ExperimentConfig) else make_config(config)
         d, a, tr = cfg.data, cfg.allocation, cfg.train
+        device = resolve_device(tr.device)        # before anything loads
         with config_errors('data'):
             task = load_data(d.source, d.text_column, d.label_column, d.max_train, d.max_test, seed=tr.seed)
         with config_errors('model'):
             fm = FedLoraModel.load(cfg.model.name, task.num_classes, cfg.lora, cfg.model.kind, seed=tr.seed)
-        device = resolve_device(tr.device)
         fm.model.to(device)
         make = lambda split: make_dataset(split, tokenizer=fm.processor if task.kind == 'text' else None,
                                           processor=fm.processor if task.kind == 'image' else None,

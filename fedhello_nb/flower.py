@@ -135,9 +135,7 @@ def experiment_from_run_config(run_config:dict # `context.run_config` of the Ser
     rc = dict(run_config or {})
     src = str(rc.get('experiment', '') or '').strip()
     if not src: cfg = make_config(None)
-    elif src.startswith('{'):
-        try: cfg = config_from_json(src)
-        except json.JSONDecodeError as e: raise FedHelloError('run_config.experiment', src, f'expected valid JSON ({e})') from None
+    elif src.startswith('{'): cfg = config_from_json(src, field='run_config.experiment')
     else: cfg = load_config(src)
     pairs = []
     for item in str(rc.get('overrides', '') or '').split():

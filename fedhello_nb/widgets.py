@@ -992,9 +992,7 @@ class RunPanel(Panel):
     def apply_yaml(self) -> bool:
         "Read the YAML text area into the configuration; a bad file shows its message. True when applied."
         try: cfg = config_from_yaml(self.yaml.value)
-        except FedHelloError as e: self._fail(e); return False
-        except yaml.YAMLError as e:
-            self._fail(FedHelloError('yaml', self.yaml.value[:40], f'expected YAML ({str(e).splitlines()[0]})')); return False
+        except FedHelloError as e: self._fail(e); return False       # invalid YAML too: `invalid yaml=...`
         self._set_config(cfg)
         return True
 

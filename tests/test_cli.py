@@ -151,3 +151,29 @@ def test_sanity_ladder_from_the_command_line(tmp_path):
         assert summary['best_val']['accuracy'] is not None and summary['final']['client_acc_p10'] is not None
     r = fedhello('run', *TINY, '-p', 'allocation.strategy', 'central', '--out', tmp_path/'bad', '--quiet')
     assert r.returncode == 2 and "invalid allocation.strategy='central'" in r.stderr and "'centralized'" in r.stderr
+
+
+def test_bad_files_and_values_exit_2_before_loading(tmp_path, capsys):
+    """Files that are not a configuration, and values the schema or this machine cannot take: exit 2, one line that
+    names the field, and no run folder (nothing loaded, nothing written)."""
+    import torch
+    from fedhello_nb.cli import main
+    files = {'list.yaml': b'- a\n- b\n', 'broken.yaml': b'train: [unclosed\n', 'broken.json': b'{"train": ',
+             'latin1.yaml': b'train:\n  lr: 0.1\xff\n'}
+    said = {'list.yaml': 'expected a mapping of sections', 'broken.yaml': 'expected valid YAML',
+            'broken.json': 'expected valid JSON', 'latin1.yaml': 'expected a UTF-8 text file'}
+    for name, data in files.items():
+        (tmp_path/name).write_bytes(data)
+        assert main(['run', str(tmp_path/name), '--out', str(tmp_path/'never'), '--quiet']) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"fedhello: error: invalid config='{tmp_path/name}': {said[name]}") and err.count('\n') == 1, err
+    bad = [('train.lr', '.inf', 'invalid train.lr=inf: Input should be a finite number'),
+           ('clients.fractions', '[.nan, 1.0]', 'invalid clients.fractions.0=nan'),
+           ('train.seed', '-1', 'invalid train.seed=-1')]
+    if not torch.cuda.is_available():
+        bad.append(('train.device', 'cuda', "invalid train.device='cuda': this machine has no CUDA device"))
+    for key, value, message in bad:
+        assert main(['run', '-p', key, value, '--out', str(tmp_path/'never'), '--quiet']) == 2, key
+        err = capsys.readouterr().err
+        assert err.startswith(f'fedhello: error: {message}') and err.count('\n') == 1, err
+    assert not (tmp_path/'never').exists()
