@@ -124,7 +124,10 @@ class SweepSpec:
         sets = [{**g, **flatten_params(r)} for g in expand_grid(d.get('grid') or {}) for r in runs]
         ids = [run_id(s) for s in sets]
         check(len(set(ids)) == len(ids), 'runs', sets, 'expected distinct parameter sets')
-        spec = cls(str(d.get('name') or 'sweep'), base, sets)
+        name = str(d.get('name') or 'sweep')     # names the folder runs/<name>: a plain name, never a path
+        check(re.fullmatch(r'[A-Za-z0-9][\w.-]*', name) is not None and '..' not in name, 'name', name,
+              "expected a plain name (letters, digits, '-', '_', '.'; no path separators or '..'): it names the sweep's folder")
+        spec = cls(name, base, sets)
         for i, s in enumerate(sets): spec.config(i)  # validate every run now
         return spec
 

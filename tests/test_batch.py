@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import papermill as pm
 from fedhello_nb.batch import (run_template, run_sweep, run_report, collect, load_sweep, run_id, EXECUTED, RUN_RECORD,
-                               RESULTS_DIR, TEMPLATES)
+                               RESULTS_DIR, TEMPLATES, KERNEL, notebook_path)
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 TINY = {'model.name': 'tiny-bert', 'data.max_train': 160, 'data.max_test': 60, 'clients.num_clients': 4,
@@ -21,7 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_template_papermill(tmp_path):
-    out = run_template(tmp_path/'run', tmp_path/'run.ipynb', overrides={**TINY, 'name': 'tiny'})
+    # the parameters as `papermill -p resume false -p overrides "{...}"` passes them: strings, which the template reads
+    # (`bool('false')` would resume); run_template's typed values are exercised by the sweeps below
+    import yaml
+    out = tmp_path/'run'
+    pm.execute_notebook(str(notebook_path('experiment')), str(tmp_path/'run.ipynb'), kernel_name=KERNEL, progress_bar=False,
+                        parameters={'out_dir': str(out), 'resume': 'false',
+                                    'overrides': yaml.safe_dump({**TINY, 'name': 'tiny'}, default_flow_style=True)})
     for f in ('rounds.csv', 'clients.csv', 'summary.json', 'config.json', 'config.yaml', 'metric.png', 'capacity.csv'):
         assert (out/f).is_file(), f
     summary = json.loads((out/'summary.json').read_text())
