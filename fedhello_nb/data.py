@@ -6,7 +6,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/data.html.md"""
 
 # %% ../nbs/02_data.ipynb #f12747d7
 from __future__ import annotations
-import os, re, random
+import os, re, random, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -115,15 +115,21 @@ def encode_labels(train_values:Sequence,           # raw training labels (string
                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     "Map raw labels to class ids with one vocabulary taken from the training labels: (train ids, test ids, names)."
     tr, te = pd.Series(list(train_values)), pd.Series(list(test_values), dtype=object)
-    check(not tr.isna().any(), param, 'missing values', 'expected a label on every training row')
+    for part, s in (('training', tr), ('test', te)):      # NaN, None and '' (a blank cell) are all missing labels
+        blank = (s.isna() | s.map(lambda v: isinstance(v, str) and not v.strip())).to_numpy(bool)
+        if blank.any():
+            raise FedHelloError(param, f'{int(blank.sum())} blank',
+                                f'expected a label on every {part} row (the first blank one is row {int(np.argmax(blank))})')
     if label_names is not None:
         names = [str(n) for n in label_names]
         ids = [np.asarray(v, dtype=np.int64) for v in (tr, te)]
         for part, v in zip(('train', 'test'), ids):
             check(len(v) == 0 or (v.min() >= 0 and v.max() < len(names)), param, f'{part} labels',
                   f'expected integers in [0, {len(names)}) for the {len(names)} label_names')
+        check(len(names) >= 2, param, names, 'expected at least two classes (label_names)')
         return ids[0], ids[1], names
     vocab = sorted(tr.unique().tolist())
+    check(len(vocab) >= 2, param, [str(v) for v in vocab], 'expected at least two classes in the training labels')
     index = {v: i for i, v in enumerate(vocab)}
     unknown = sorted({v for v in te.tolist() if v not in index}, key=str)
     check(not unknown, param, unknown[:5], f'expected test labels that occur in training ({len(vocab)} classes)')
@@ -314,7 +320,14 @@ def _default_task_frames(seed:int=0,             # seed of everything random in 
     return (pd.DataFrame(train, columns=['text', 'label']), pd.DataFrame(rows['test'], columns=['text', 'label']))
 
 def _split_from_frame(df:pd.DataFrame, ids:np.ndarray, names:list[str], text_column:str) -> LabeledSplit:
-    return LabeledSplit(df[text_column].astype(str).tolist(), ids, names)
+    "A split from a table's text column; a column of empty texts is refused, some empty ones are counted in a warning."
+    texts = df[text_column]
+    empty = (texts.isna() | texts.astype(str).str.strip().eq('')).to_numpy(bool)
+    check(not empty.all(), 'text_column', text_column, f'every one of its {len(df)} texts is empty')
+    if empty.any():
+        warnings.warn(f'{int(empty.sum())} of {len(df)} texts in column {text_column!r} are empty; they train as empty inputs',
+                      stacklevel=3)
+    return LabeledSplit(texts.fillna('').astype(str).tolist(), ids, names)
 
 def default_task(seed:int=0,            # seed of the generator (0 is the shipped task)
                  test_per_class:int=60, # held-out messages per intent
