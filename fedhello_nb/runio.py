@@ -15,12 +15,20 @@ from safetensors.torch import save_file, load_file
 from .validate import FedHelloError, check_choice
 
 # %% auto #0
-__all__ = ['TABLE_FORMATS', 'STREAMS', 'RUN_MARKER', 'atomic_write', 'atomic_write_text', 'write_table', 'read_table',
-           'rng_state', 'set_rng_state', 'stream_rng', 'stream_seed', 'save_checkpoint', 'list_checkpoints',
-           'load_checkpoint', 'save_state_file', 'load_state_file', 'check_run_dir', 'prepare_run_dir',
-           'discard_on_failure']
+__all__ = ['TABLE_FORMATS', 'STREAMS', 'RUN_MARKER', 'fsync_path', 'atomic_write', 'atomic_write_text', 'write_table',
+           'read_table', 'rng_state', 'set_rng_state', 'stream_rng', 'stream_seed', 'save_checkpoint',
+           'list_checkpoints', 'load_checkpoint', 'save_state_file', 'load_state_file', 'check_run_dir',
+           'remove_stale_temporaries', 'prepare_run_dir', 'discard_on_failure']
 
 # %% ../nbs/08_runio.ipynb #2d1e33c6
+def fsync_path(path:str|Path):
+    "Flush a file, or a folder's entries, to the disk (a no-op where the OS cannot open folders, e.g. Windows)."
+    try: fd = os.open(path, os.O_RDONLY)
+    except OSError: return
+    try: os.fsync(fd)
+    except OSError: pass
+    finally: os.close(fd)
+
 def atomic_write(path:str|Path, # destination file
                  write          # called with a temporary path in the same folder; must create that file
                 ) -> Path:
@@ -31,7 +39,9 @@ def atomic_write(path:str|Path, # destination file
     os.close(fd)
     try:
         write(Path(tmp))
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -129,8 +139,10 @@ def save_checkpoint(run_dir:str|Path, round:int,
     try:
         save_file({k: v.detach().cpu().contiguous() for k,v in tensors.items()}, str(tmp/'tensors.safetensors'))
         (tmp/'state.json').write_text(json.dumps({**state, 'round': round}))
+        for f in ('tensors.safetensors', 'state.json', ''): fsync_path(tmp/f)
         if final.exists(): shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -190,13 +202,24 @@ def check_run_dir(run_dir:str|Path,
         raise FedHelloError('output.dir', str(run_dir), 'expected a new or empty folder (it holds other files)')
     return False
 
+def remove_stale_temporaries(run_dir:str|Path) -> list[str]:
+    "Remove the temporaries an interrupted write left in a run folder (`.<name>.*.tmp`, `checkpoints/.round_*`); returns their names."
+    run_dir, gone = Path(run_dir), []
+    for p in [*run_dir.glob('.*.tmp'), *(run_dir/'checkpoints').glob('.round_*')]:
+        if p.is_dir(): shutil.rmtree(p, ignore_errors=True)
+        else: p.unlink(missing_ok=True)
+        gone.append(str(p.relative_to(run_dir)))
+    return sorted(gone)
+
 def prepare_run_dir(run_dir:str|Path,
                     config:dict,          # the resolved configuration (plain dict) of the run about to start
                     resume:bool=False,    # continue the run already in the folder
                     ignore:tuple=('output',) # top-level sections that may differ on resume
                    ) -> bool:
     "`check_run_dir`, then create the folder and write `config.json` unless resuming; True when there is a run to resume."
-    if check_run_dir(run_dir, config, resume, ignore): return True
+    if check_run_dir(run_dir, config, resume, ignore):
+        remove_stale_temporaries(run_dir)     # what an interrupted process was writing when it stopped
+        return True
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(run_dir)/RUN_MARKER, json.dumps(config, indent=2))
     return False
