@@ -181,6 +181,8 @@ def load_state_file(path:str|Path) -> tuple[dict[str, torch.Tensor], dict]:
 # %% ../nbs/08_runio.ipynb #b1554d21
 RUN_MARKER = 'config.json'
 
+def _rounds(config:dict) -> int|None: return (config.get('train') or {}).get('rounds')
+
 def check_run_dir(run_dir:str|Path,
                   config:dict,          # the resolved configuration (plain dict) of the run about to start
                   resume:bool=False,    # continue the run already in the folder
@@ -195,8 +197,13 @@ def check_run_dir(run_dir:str|Path,
             raise FedHelloError('output.dir', str(run_dir),
                 'the folder holds the results of another run; choose a new folder or set output.resume=True')
         old = json.loads(marker.read_text())
-        diff = sorted(k for k in set(old) | set(config) if k not in ignore and old.get(k) != config.get(k))
+        same = lambda c: {**c, 'train': {**c.get('train', {}), 'rounds': None}} if isinstance(c.get('train'), dict) else c
+        diff = sorted(k for k in set(old) | set(config) if k not in ignore and same(old).get(k) != same(config).get(k))
         if diff: raise FedHelloError('output.resume', True, f'the run in {run_dir} has a different configuration (sections: {", ".join(diff)})')
+        was, now = _rounds(old), _rounds(config)
+        if was is not None and now is not None and now < was:
+            raise FedHelloError('train.rounds', now, f'expected at least the {was} rounds of the run in {run_dir}: '
+                                'resuming may add rounds, never remove them')
         return True
     if run_dir.is_dir() and any(p for p in run_dir.iterdir() if not p.name.startswith('.')) and not resume:
         raise FedHelloError('output.dir', str(run_dir), 'expected a new or empty folder (it holds other files)')
@@ -219,6 +226,10 @@ def prepare_run_dir(run_dir:str|Path,
     "`check_run_dir`, then create the folder and write `config.json` unless resuming; True when there is a run to resume."
     if check_run_dir(run_dir, config, resume, ignore):
         remove_stale_temporaries(run_dir)     # what an interrupted process was writing when it stopped
+        marker = Path(run_dir)/RUN_MARKER
+        old = json.loads(marker.read_text())
+        if _rounds(config) is not None and _rounds(old) != _rounds(config):   # resumed for more rounds: the run's new total
+            atomic_write_text(marker, json.dumps({**old, 'train': {**old['train'], 'rounds': _rounds(config)}}, indent=2))
         return True
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(run_dir)/RUN_MARKER, json.dumps(config, indent=2))
