@@ -27,7 +27,7 @@ from .fim import proxy_indices, scorer_from_config
 from .metrics import (Predictions, predict, scores, evaluate, macro_f1, client_scores, client_spread,
                                  SPREAD_FIGURES, per_class, confusion, plot_confusion)
 from .runio import (check_run_dir, prepare_run_dir, discard_on_failure, save_checkpoint, load_checkpoint,
-                               list_checkpoints, write_table, atomic_write, atomic_write_text, rng_state, set_rng_state,
+                               list_checkpoints, run_lock, write_table, atomic_write, atomic_write_text, rng_state, set_rng_state,
                                stream_rng, stream_seed, save_state_file)
 from .trackers import RunTrackers, check_trackers
 
@@ -701,14 +701,15 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
     cfg = make_config(config, **overrides)
     check_trackers(cfg.output.trackers)
     run_dir = Path(cfg.output.dir)
-    resuming = check_run_dir(run_dir, cfg.to_dict(), cfg.output.resume)   # refused before anything loads
-    if resuming: _check_resumable(run_dir)
-    fed = Federation.from_config(cfg)                                      # bad input fails here, nothing written
-    with discard_on_failure(run_dir, enabled=not resuming) as keep, RunTrackers(cfg, run_dir) as trackers:
-        prepare_run_dir(run_dir, cfg.to_dict(), cfg.output.resume)
-        extra = (setup(fed) if setup is not None else None) or {}
-        res, seconds, last = _run_rounds(fed, run_dir, resuming, runtime or InProcessRuntime(), on_round_end, keep, trackers)
-        trackers.finish(_write_results(fed, run_dir, res, seconds, last, extra))
+    with run_lock(run_dir):                  # one run per folder; a folder that cannot be written is refused here
+        resuming = check_run_dir(run_dir, cfg.to_dict(), cfg.output.resume)   # refused before anything loads
+        if resuming: _check_resumable(run_dir)
+        fed = Federation.from_config(cfg)                                      # bad input fails here, nothing written
+        with discard_on_failure(run_dir, enabled=not resuming) as keep, RunTrackers(cfg, run_dir) as trackers:
+            prepare_run_dir(run_dir, cfg.to_dict(), cfg.output.resume)
+            extra = (setup(fed) if setup is not None else None) or {}
+            res, seconds, last = _run_rounds(fed, run_dir, resuming, runtime or InProcessRuntime(), on_round_end, keep, trackers)
+            trackers.finish(_write_results(fed, run_dir, res, seconds, last, extra))
     return res
 
 def _write_results(fed:Federation, run_dir:Path, res:RunResult, seconds:float, last:RoundEvaluation|None, extra:dict) -> dict:

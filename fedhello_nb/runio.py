@@ -6,7 +6,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/runio.html.md"""
 
 # %% ../nbs/08_runio.ipynb #8e0c336a
 from __future__ import annotations
-import json, os, random, shutil, tempfile, base64
+import json, os, random, shutil, socket, tempfile, base64
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -15,10 +15,10 @@ from safetensors.torch import save_file, load_file
 from .validate import FedHelloError, check_choice
 
 # %% auto #0
-__all__ = ['TABLE_FORMATS', 'STREAMS', 'RUN_MARKER', 'fsync_path', 'atomic_write', 'atomic_write_text', 'write_table',
-           'read_table', 'rng_state', 'set_rng_state', 'stream_rng', 'stream_seed', 'save_checkpoint',
+__all__ = ['TABLE_FORMATS', 'STREAMS', 'RUN_MARKER', 'LOCK_FILE', 'fsync_path', 'atomic_write', 'atomic_write_text',
+           'write_table', 'read_table', 'rng_state', 'set_rng_state', 'stream_rng', 'stream_seed', 'save_checkpoint',
            'list_checkpoints', 'load_checkpoint', 'save_state_file', 'load_state_file', 'check_run_dir',
-           'remove_stale_temporaries', 'prepare_run_dir', 'discard_on_failure']
+           'remove_stale_temporaries', 'prepare_run_dir', 'run_lock', 'discard_on_failure']
 
 # %% ../nbs/08_runio.ipynb #2d1e33c6
 def fsync_path(path:str|Path):
@@ -234,6 +234,49 @@ def prepare_run_dir(run_dir:str|Path,
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(run_dir)/RUN_MARKER, json.dumps(config, indent=2))
     return False
+
+# %% ../nbs/08_runio.ipynb #498a5c12
+LOCK_FILE = '.lock'
+
+def _alive(pid:int) -> bool:
+    "Whether process `pid` exists on this host."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def _lock_holder(lock:Path) -> dict|None:
+    "The pid and host a lock file names; None while it is being written (or unreadable): treated as held."
+    try: return json.loads(lock.read_text())
+    except (OSError, ValueError): return None
+
+@contextmanager
+def run_lock(run_dir:str|Path # the run folder (created if missing)
+            ):
+    "Hold `run_dir` for one run through an exclusively created `.lock`; a folder another run holds is refused."
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    lock, me = run_dir/LOCK_FILE, {'pid': os.getpid(), 'host': socket.gethostname()}
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in (0, 1):
+            try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644); break
+            except FileExistsError:
+                holder = _lock_holder(lock)
+                if attempt == 0 and holder and holder.get('host') == me['host'] and not _alive(int(holder.get('pid', -1))):
+                    lock.unlink(missing_ok=True); continue             # its process has ended: take it over
+                who = f"process {holder.get('pid')} on {holder.get('host')}" if holder else 'a process starting up'
+                raise FedHelloError('output.dir', str(run_dir), f'another run is using this folder ({who}); '
+                                    f'wait for it, or remove {lock} if that run is gone') from None
+    except OSError as e:
+        raise FedHelloError('output.dir', str(run_dir), f'expected a folder this user can write ({e.strerror})') from None
+    with os.fdopen(fd, 'w') as f: f.write(json.dumps(me))
+    try: yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+        if created:
+            try: run_dir.rmdir()          # only when empty: nothing was written into it
+            except OSError: pass
 
 # %% ../nbs/08_runio.ipynb #733e71fd
 @contextmanager
