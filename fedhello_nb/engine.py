@@ -20,7 +20,7 @@ from .validate import FedHelloError, check, check_int, check_number, check_choic
 from .config import ExperimentConfig, TrainConfig, make_config, RANK_STRATEGIES, HIER_STRATEGIES, LADDER_STRATEGIES
 from .data import load_data, make_dataset, make_loader
 from .partition import partition, held_out_rows
-from .model import FedLoraModel
+from .model import FedLoraModel, TINY_MODEL_NAMES, resolve_model, model_kind
 from .allocation import AllocationMap, AllocationStrategy, CapacityPlan, strategy_from_config
 from .aggregate import ClientUpdate, layerwise_average
 from .fim import proxy_indices, scorer_from_config
@@ -268,6 +268,8 @@ class Federation:
         cfg = config if isinstance(config, ExperimentConfig) else make_config(config)
         d, a, tr = cfg.data, cfg.allocation, cfg.train
         device = resolve_device(tr.device)        # before anything loads
+        if cfg.model.name not in TINY_MODEL_NAMES:  # a model that cannot be found, before minutes of data loading
+            with config_errors('model'): model_kind(resolve_model(cfg.model.name)[2], cfg.model.kind)
         with config_errors('data'):
             task = load_data(d.source, d.text_column, d.label_column, d.max_train, d.max_test, seed=tr.seed)
         with config_errors('model'):
