@@ -764,7 +764,7 @@ def _run_rounds(fed:Federation, run_dir:Path,
                 runtime,                # carries out the clients' tasks (`InProcessRuntime`, `FlowerRuntime`)
                 on_round_end,           # called with each round's row, or None
                 keep:Callable,          # from `discard_on_failure`: called once a round's tables are written
-                trackers:RunTrackers|None=None # fed each round's rows right after the tables
+                trackers:RunTrackers    # fed each round's rows right after the tables
                ) -> tuple[RunResult, float, RoundEvaluation|None]:
     "The round loop, from round 0 or the newest checkpoint: (result, seconds it took, the last round's evaluation if it ran)."
     cfg = fed.config
@@ -778,7 +778,6 @@ def _run_rounds(fed:Federation, run_dir:Path,
             fed.strategy.load_state_tensors({k[len(STRATEGY_PREFIX):]: v for k, v in tensors.items() if k.startswith(STRATEGY_PREFIX)})
         set_rng_state(saved['rng'])
         rounds, clients, evals, start = saved['rounds'], saved['clients'], saved.get('client_eval', []), saved['round']
-    trackers = trackers or RunTrackers(cfg, run_dir)
     trackers.begin(start)
     bar, last = _progress(tr.rounds, start, out.quiet, cfg.name), None
     t_run = time.perf_counter()

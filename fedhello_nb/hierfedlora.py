@@ -20,7 +20,7 @@ from .allocation import AllocationMap, CapacityPlan
 from .aggregate import ClientUpdate, client_weight, layerwise_average
 from .data import make_loader
 from .grouping import Grouping, group_clients, random_groups
-from .rucb import Arm, make_arms, RoundTimeModel, GroupBandits, plot_arms
+from .rucb import Arm, make_arms, RoundTimeModel, transfer_seconds, GroupBandits, plot_arms
 from .config import TrainConfig
 from .engine import TrainInstruction, config_errors, derived_seed, payload_bytes
 
@@ -32,6 +32,11 @@ __all__ = ['TIME_SOURCES', 'GROUP_COLUMNS', 'DEFAULT_BANDWIDTH', 'client_speeds'
            'time_to_target', 'compare_runs']
 
 # %% ../nbs/15_hierfedlora.ipynb #2b86aea4
+def _per_client(plan:CapacityPlan, values:Sequence[float], field:str, what:str) -> np.ndarray:
+    "Every client id's entry of a per-capacity-class list (`hier.speeds`, `hier.bandwidth`), each checked positive."
+    check(len(values) == len(plan.capacities), field, list(values), f'expected one {what} per capacity class ({len(plan.capacities)})')
+    return np.asarray([check_number(field, v, gt=0) for v in values])[plan.classes]
+
 def client_speeds(plan:CapacityPlan,                # each client's capacity class
                   speeds:Sequence[float]|None=None,  # speed factor of each capacity class; None: capacity / L
                   num_layers:int|None=None           # L; None takes `plan.num_layers`
@@ -40,9 +45,7 @@ def client_speeds(plan:CapacityPlan,                # each client's capacity cla
     L = plan.num_layers if num_layers is None else check_int('num_layers', num_layers, ge=1)
     check(L is not None, 'num_layers', None, 'expected L (the plan does not know it)')
     if speeds is None: return plan.client_capacities / L
-    check(len(speeds) == len(plan.capacities), 'hier.speeds', list(speeds),
-          f'expected one speed factor per capacity class ({len(plan.capacities)})')
-    return np.asarray([check_number('hier.speeds', s, gt=0) for s in speeds])[plan.classes]
+    return _per_client(plan, speeds, 'hier.speeds', 'speed factor')
 
 # %% ../nbs/15_hierfedlora.ipynb #2ffb7478
 TIME_SOURCES = ('auto', 'flops', 'linear')
@@ -115,7 +118,7 @@ class SimulatedClock:
         if self.bandwidths is None or (nbytes is None and self.exchange_bytes is None):
             return self.comm_base + self.comm_per_block * trained
         if nbytes is None: nbytes = self.exchange_bytes[trained - 1]
-        return self.comm_base + 8 * nbytes / (1e6 * self.bandwidths[client])
+        return self.comm_base + transfer_seconds(nbytes, self.bandwidths[client])
 
     def client_seconds(self, client:int, # client id
                        depth:int,        # how deep backward goes: L - shallowest trained block (0: idle)
@@ -304,11 +307,10 @@ def continue_train(self:HierFedLoRA, round:int, state:dict[str, torch.Tensor], a
         if p.state is None: p.state = state
         p.active = [k for k in (p.members if p.exchanges == 0 else p.active) if k in by_client]
         updates = [by_client[k] for k in p.active]
-        times = []
+        times, down = [], payload_bytes(p.state)    # every member was sent the group's state
         for u in updates:
             depth = min(p.arm.depth, self.capacities[u.client])
-            sent = payload_bytes(p.state) + payload_bytes(u.delta)     # the ledger's bytes of this exchange
-            t = self.clock.client_seconds(u.client, depth, depth, u.metrics['steps'], sent)
+            t = self.clock.client_seconds(u.client, depth, depth, u.metrics['steps'], down + payload_bytes(u.delta))  # the ledger's bytes
             p.client_sim[u.client] = p.client_sim.get(u.client, 0.0) + t; times.append(t)
             p.trained[u.client], p.weight[u.client] = set(u.delta), client_weight(u, self.weights)
         if updates: p.state, _ = layerwise_average(p.state, updates, self.weights)
@@ -386,9 +388,7 @@ def client_bandwidths(plan:CapacityPlan,                 # each client's capacit
                      ) -> np.ndarray:
     "The link bandwidth (Mbit/s) of every client id: its capacity class's entry of `hier.bandwidth`."
     if bandwidth is None: return np.full(plan.num_clients, DEFAULT_BANDWIDTH)
-    check(len(bandwidth) == len(plan.capacities), 'hier.bandwidth', list(bandwidth),
-          f'expected one bandwidth per capacity class ({len(plan.capacities)})')
-    return np.asarray([check_number('hier.bandwidth', b, gt=0) for b in bandwidth])[plan.classes]
+    return _per_client(plan, bandwidth, 'hier.bandwidth', 'bandwidth')
 
 def exchange_bytes(fm,                 # a `FedLoraModel`
                    head:bool=True      # the head trains (and goes up with every reply)

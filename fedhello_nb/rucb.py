@@ -16,8 +16,8 @@ import pandas as pd
 from .validate import FedHelloError, check, check_choice, check_int, check_number
 
 # %% auto #0
-__all__ = ['NORMALISATIONS', 'TIE_BREAKS', 'HISTORY_COLUMNS', 'Arm', 'make_arms', 'RoundTimeModel', 'RUCB', 'GroupBandits',
-           'plot_arms']
+__all__ = ['NORMALISATIONS', 'TIE_BREAKS', 'HISTORY_COLUMNS', 'Arm', 'make_arms', 'transfer_seconds', 'RoundTimeModel', 'RUCB',
+           'GroupBandits', 'plot_arms']
 
 # %% ../nbs/11_rucb.ipynb #5c116746
 class Arm(NamedTuple):
@@ -46,6 +46,12 @@ def make_arms(depths:Sequence[int],      # candidate depths d (blocks from the o
     return [Arm(d, t) for d in depths for t in taus]
 
 # %% ../nbs/11_rucb.ipynb #1145aa48
+def transfer_seconds(nbytes:float,   # bytes moved
+                     bandwidth:float # the link in Mbit/s
+                    ) -> float:
+    "Seconds to move `nbytes` over a `bandwidth` Mbit/s link."
+    return 8 * nbytes / (1e6 * check_number('bandwidth', bandwidth, gt=0))
+
 @dataclass
 class RoundTimeModel:
     "Simulated time of local training and intra-group exchanges, as a function of depth d, tau and client speed."
@@ -73,8 +79,7 @@ class RoundTimeModel:
     def comm_seconds(self, depth:int, bandwidth:float|None=None) -> float:
         "Seconds of one exchange at `depth`: `comm_bytes(depth)` over `bandwidth` (Mbit/s) when both are known, else linear."
         if self.comm_bytes is None or bandwidth is None: return self.comm_base + self.comm_per_block * depth
-        bits = 8 * check_number(f'comm_bytes({depth})', self.comm_bytes(depth), ge=0)
-        return self.comm_base + bits / (1e6 * check_number('bandwidth', bandwidth, gt=0))
+        return self.comm_base + transfer_seconds(check_number(f'comm_bytes({depth})', self.comm_bytes(depth), ge=0), bandwidth)
 
     def client_seconds(self, depth:int, speed:float=1.0, bandwidth:float|None=None) -> float:
         "One intra-group round of one client: local steps at its speed, then one exchange over its link."
