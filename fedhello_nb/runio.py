@@ -6,50 +6,20 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/runio.html.md"""
 
 # %% ../nbs/08_runio.ipynb #8e0c336a
 from __future__ import annotations
-import json, os, random, shutil, socket, tempfile, base64
+import fcntl, json, os, random, shutil, socket, tempfile, base64
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file, load_file
 from .validate import FedHelloError, check_choice
+from .files import fsync_path, atomic_write, atomic_write_text
 
 # %% auto #0
-__all__ = ['TABLE_FORMATS', 'STREAMS', 'RUN_MARKER', 'LOCK_FILE', 'fsync_path', 'atomic_write', 'atomic_write_text',
-           'write_table', 'read_table', 'rng_state', 'set_rng_state', 'stream_rng', 'stream_seed', 'save_checkpoint',
-           'list_checkpoints', 'load_checkpoint', 'save_state_file', 'load_state_file', 'check_run_dir',
-           'remove_stale_temporaries', 'prepare_run_dir', 'run_lock', 'discard_on_failure']
-
-# %% ../nbs/08_runio.ipynb #2d1e33c6
-def fsync_path(path:str|Path):
-    "Flush a file, or a folder's entries, to the disk (a no-op where the OS cannot open folders, e.g. Windows)."
-    try: fd = os.open(path, os.O_RDONLY)
-    except OSError: return
-    try: os.fsync(fd)
-    except OSError: pass
-    finally: os.close(fd)
-
-def atomic_write(path:str|Path, # destination file
-                 write          # called with a temporary path in the same folder; must create that file
-                ) -> Path:
-    "Create `path` through `write(tmp)` and an atomic rename, so `path` is never seen half-written."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-def atomic_write_text(path:str|Path, text:str) -> Path:
-    "Write `text` to `path` atomically."
-    return atomic_write(path, lambda p: p.write_text(text))
+__all__ = ['TABLE_FORMATS', 'STREAMS', 'RUN_MARKER', 'LOCK_FILE', 'write_table', 'read_table', 'rng_state', 'set_rng_state',
+           'stream_rng', 'stream_seed', 'save_checkpoint', 'list_checkpoints', 'load_checkpoint', 'save_state_file',
+           'load_state_file', 'check_run_dir', 'remove_stale_temporaries', 'prepare_run_dir', 'run_lock',
+           'discard_on_failure']
 
 # %% ../nbs/08_runio.ipynb #2ce32316
 TABLE_FORMATS = ('csv', 'parquet')
@@ -246,37 +216,55 @@ def _alive(pid:int) -> bool:
     return True
 
 def _lock_holder(lock:Path) -> dict|None:
-    "The pid and host a lock file names; None while it is being written (or unreadable): treated as held."
+    "The pid and host a lock file names; None while it is being written (or unreadable)."
     try: return json.loads(lock.read_text())
     except (OSError, ValueError): return None
+
+def _busy(run_dir:Path, lock:Path, holder:dict|None) -> FedHelloError:
+    who = f"process {holder.get('pid')} on {holder.get('host')}" if holder else 'a process starting up'
+    return FedHelloError('output.dir', str(run_dir), f'another run is using this folder ({who}); '
+                         f'wait for it, or remove {lock} if that run is gone')
+
+def _take_lock(run_dir:Path, lock:Path, me:dict) -> int:
+    "An open descriptor of `lock` that this process alone holds (`flock`), with `me` written in it."
+    for _ in range(20):
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:              # a live run holds it (the kernel drops the lock of a process that ends)
+            os.close(fd)
+            raise _busy(run_dir, lock, _lock_holder(lock)) from None
+        try: current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError: current = False
+        if not current:                       # its holder removed the file meanwhile: lock the new one
+            os.close(fd); continue
+        holder = _lock_holder(lock)
+        if holder and (holder.get('host') != me['host'] or (holder.get('pid') != me['pid'] and _alive(int(holder.get('pid', -1))))):
+            os.close(fd)                      # another host's lock cannot be checked; a live pid may lack flock (NFS)
+            raise _busy(run_dir, lock, holder)
+        os.ftruncate(fd, 0); os.write(fd, json.dumps(me).encode()); os.fsync(fd)
+        return fd
+    raise _busy(run_dir, lock, None)
 
 @contextmanager
 def run_lock(run_dir:str|Path # the run folder (created if missing)
             ):
-    "Hold `run_dir` for one run through an exclusively created `.lock`; a folder another run holds is refused."
+    "Hold `run_dir` for one run through a `.lock` held with `flock`; a folder another run holds is refused at once."
     run_dir = Path(run_dir)
     created = not run_dir.exists()
     lock, me = run_dir/LOCK_FILE, {'pid': os.getpid(), 'host': socket.gethostname()}
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for attempt in (0, 1):
-            try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644); break
-            except FileExistsError:
-                holder = _lock_holder(lock)
-                if attempt == 0 and holder and holder.get('host') == me['host'] and not _alive(int(holder.get('pid', -1))):
-                    lock.unlink(missing_ok=True); continue             # its process has ended: take it over
-                who = f"process {holder.get('pid')} on {holder.get('host')}" if holder else 'a process starting up'
-                raise FedHelloError('output.dir', str(run_dir), f'another run is using this folder ({who}); '
-                                    f'wait for it, or remove {lock} if that run is gone') from None
+        fd = _take_lock(run_dir, lock, me)
     except OSError as e:
         raise FedHelloError('output.dir', str(run_dir), f'expected a folder this user can write ({e.strerror})') from None
-    with os.fdopen(fd, 'w') as f: f.write(json.dumps(me))
     try: yield lock
     finally:
-        lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)          # removed while still held, so no one can lock the old file after us
+        os.close(fd)
         if created:
             try: run_dir.rmdir()          # only when empty: nothing was written into it
             except OSError: pass
+
 
 # %% ../nbs/08_runio.ipynb #733e71fd
 @contextmanager
