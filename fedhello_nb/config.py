@@ -19,9 +19,9 @@ __all__ = ['PARTITION_SCHEMES', 'PATTERNS', 'STRATEGIES', 'RANK_STRATEGIES', 'HI
            'ALL_STRATEGIES', 'RANK_SCALINGS', 'HOLD_MODES', 'FIM_SCORES', 'FIM_LAYER_SCORES', 'FIM_MAPPINGS',
            'DEFAULT_MODEL', 'DEFAULT_DATA', 'RELEASE_SETTINGS', 'ModelConfig', 'LoraSettings', 'DataConfig',
            'PartitionConfig', 'ClientsConfig', 'AllocationConfig', 'RankConfig', 'HierConfig', 'TrainConfig',
-           'EvalConfig', 'OutputConfig', 'ExperimentConfig', 'make_config', 'flatten_dict', 'config_from_json',
-           'config_from_yaml', 'config_from_flat', 'load_config', 'parse_override', 'apply_overrides',
-           'template_parameters', 'config_fields']
+           'EvalConfig', 'OutputConfig', 'ExperimentConfig', 'make_config', 'check_fields', 'flatten_dict',
+           'config_from_json', 'config_from_yaml', 'config_from_flat', 'load_config', 'parse_override',
+           'apply_overrides', 'template_parameters', 'config_fields']
 
 # %% ../nbs/01_config.ipynb #dea2593f
 PARTITION_SCHEMES = ('iid', 'dirichlet', 'pathological', 'quantity')
@@ -77,6 +77,25 @@ class DataConfig(_Section):
         "'shared:<name>' for a set in ../shared/data (e.g. shared:banking77), or 'hf:<name>' for a Hugging Face "
         "dataset (online users).")
     text_column: Optional[str] = Field(None, description="Text column; None guesses among text/sentence/content.")
+    text_columns: Optional[list[str]] = Field(None, min_length=1, description=
+        "Several text columns joined into one text with text_separator, in this order (e.g. [title, description]); "
+        "instead of text_column.")
+    text_separator: str = Field(' ', description=
+        "Joins text_columns; for a sentence pair, the model's separator token (' [SEP] ' for BERT-family tokenizers).")
+    header: bool = Field(True, description="CSV/TSV files have a header row; false names their columns by position: '0', '1', ...")
+    label_names: Optional[list[str]] = Field(None, min_length=2, description=
+        "The classes in order: the labels are these names or their positions 0..C-1 (readable names for integer labels).")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description=
+        "Share of each class held out as the test split when the source has none.")
+    image_size: Optional[int] = Field(None, ge=1, description=
+        "Resize the images of an image folder to this square size on reading; None keeps their sizes (which must agree).")
+
+    @field_validator('text_column', 'label_column', 'text_columns', 'label_names', mode='before')
+    @classmethod
+    def _names_as_text(cls, v):      # `-p data.label_column 2` names the column '2' of a headerless file
+        if isinstance(v, bool): return v
+        if isinstance(v, int): return str(v)
+        return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v] if isinstance(v, list) else v
     label_column: Optional[str] = Field(None, description="Label column; None guesses among label/category/labels.")
     max_train: Optional[int] = Field(None, ge=1, description="Use at most this many training rows (seeded subset).")
     max_test: Optional[int] = Field(None, ge=1, description="Evaluate on at most this many held-out rows.")
@@ -236,6 +255,8 @@ class ExperimentConfig(_Section):
     @model_validator(mode='after')
     def _cross_checks(self):
         c = self.clients
+        if self.data.text_column is not None and self.data.text_columns is not None:
+            raise FedHelloError('data.text_columns', self.data.text_columns, 'expected either text_column or text_columns, not both')
         if c.per_round > c.num_clients:
             raise FedHelloError('clients.per_round', c.per_round, f'expected at most clients.num_clients={c.num_clients}')
         if c.capacities is not None:
@@ -314,6 +335,23 @@ def make_config(data:dict|ExperimentConfig|None=None, # nested dict (or a config
     try: return ExperimentConfig.model_validate(d)
     except ValidationError as e: raise _to_fedhello_error(e) from None
 
+# %% ../nbs/01_config.ipynb #92b54d1a
+def check_fields(values:dict # `{'section.field': value}`
+                ) -> dict:
+    "Validate each dotted field alone against its section's schema; the validated values, or `FedHelloError` naming the field."
+    out = {}
+    for key, v in values.items():
+        sec, _, name = key.partition('.')
+        cls = _section_at((sec,))
+        if cls is None or name not in cls.model_fields: raise FedHelloError(key, v, 'not a configuration field')
+        section = cls()
+        try: setattr(section, name, v)
+        except ValidationError as e:
+            err = _to_fedhello_error(e)
+            raise FedHelloError(f'{sec}.{err.param}' if not err.param.startswith(sec + '.') else err.param, err.value, err.allowed) from None
+        out[key] = getattr(section, name)
+    return out
+
 # %% ../nbs/01_config.ipynb #a97d2c39
 def flatten_dict(d:dict,      # nested dicts, e.g. `ExperimentConfig.to_dict()`
                  prefix:str=''
@@ -346,10 +384,8 @@ def save(self:ExperimentConfig, path:str|Path) -> Path:
     path = Path(path)
     check_choice('path suffix', path.suffix, ['.json', '.yaml', '.yml'])
     text = self.to_json() if path.suffix == '.json' else self.to_yaml()
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    from fedhello_nb.files import atomic_write_text     # a unique temporary, fsynced, renamed (torch-free)
+    return atomic_write_text(path, text)
 
 
 def _config_data(text:str, fmt:str, field:str, value) -> dict:

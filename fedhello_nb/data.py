@@ -6,7 +6,7 @@ Docs: https://fedhello-nb.github.io/fedhello_nb/data.html.md"""
 
 # %% ../nbs/02_data.ipynb #f12747d7
 from __future__ import annotations
-import os, re, random, warnings
+import hashlib, json, os, re, random, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Sequence
@@ -19,9 +19,9 @@ from .validate import FedHelloError, check, check_int, check_number
 # %% auto #0
 __all__ = ['DEFAULT_TASK_SLOTS', 'DEFAULT_TASK_TEMPLATES', 'DEFAULT_TASK_OPENERS', 'DEFAULT_TASK_CLOSERS', 'DEFAULT_TASK_NAME',
            'DEFAULT_TASK_UNSEEN', 'SHARED_DATA_ENV', 'TABLE_FORMATS', 'TEXT_COLUMNS', 'LABEL_COLUMNS',
-           'TEST_SPLIT_NAMES', 'IMAGE_SUFFIXES', 'LabeledSplit', 'TaskData', 'encode_labels', 'default_task',
-           'default_task_dir', 'write_default_task', 'shared_data_dir', 'shared_data_path', 'read_table',
-           'guess_column', 'holdout_split', 'load_table_files', 'load_table_folder', 'load_hf_dataset',
+           'TEST_SPLIT_NAMES', 'IMAGE_SUFFIXES', 'MEMORY_SOURCE', 'LabeledSplit', 'TaskData', 'encode_labels',
+           'default_task', 'default_task_dir', 'write_default_task', 'shared_data_dir', 'shared_data_path',
+           'read_table', 'guess_column', 'holdout_split', 'load_table_files', 'load_table_folder', 'load_hf_dataset',
            'load_image_folder', 'load_image_arrays', 'load_data', 'PadCollator', 'TokenizedTextDataset',
            'ImageCollator', 'ImageDataset', 'make_dataset', 'make_loader']
 
@@ -77,6 +77,7 @@ class TaskData:
         check(self.train.label_names == self.test.label_names, 'test.label_names', self.test.label_names[:5],
               'expected the same classes as the training split')
         check(len(self.train) > 0, 'train', self.name, 'expected a non-empty training split')
+        check(self.num_classes >= 2, 'label_names', self.label_names, 'expected at least two classes')
 
     @property
     def label_names(self) -> list[str]: return self.train.label_names
@@ -98,6 +99,22 @@ class TaskData:
             return split.subset(keep)
         return TaskData(cut(self.train, max_train, 'max_train'), cut(self.test, max_test, 'max_test'), self.name)
 
+    def overlap(self) -> int:
+        "Test rows whose input (text with surrounding space stripped, or image bytes) also occurs in the training split."
+        key = (lambda x: hashlib.sha1(np.ascontiguousarray(x).tobytes()).digest()) if self.kind == 'image' else str.strip
+        seen = {key(x) for x in self.train.inputs}
+        return sum(key(x) in seen for x in self.test.inputs)
+
+    def fingerprint(self) -> str:
+        "A short hash of the classes, labels and inputs of both splits: equal for equal data, whatever object holds it."
+        h = hashlib.sha256(json.dumps([self.kind, self.label_names]).encode())
+        for split in (self.train, self.test):
+            h.update(split.labels.tobytes())
+            if self.kind == 'image': h.update(np.ascontiguousarray(split.inputs).tobytes())
+            else:
+                for t in split.inputs: h.update(t.encode('utf-8', 'surrogatepass') + b'\0')
+        return h.hexdigest()[:16]
+
     def summary(self) -> pd.DataFrame:
         "Rows per class in each split, one row per class."
         return pd.DataFrame({'label': self.label_names, 'train': self.train.class_counts(),
@@ -110,7 +127,7 @@ class TaskData:
 # %% ../nbs/02_data.ipynb #42650ed2
 def encode_labels(train_values:Sequence,           # raw training labels (strings or integers)
                   test_values:Sequence=(),         # raw test labels, mapped with the training vocabulary
-                  label_names:Sequence[str]|None=None, # names of integer labels 0..C-1 (e.g. a ClassLabel); skips the vocabulary
+                  label_names:Sequence[str]|None=None, # the classes in order: labels are these names or their positions 0..C-1 (a ClassLabel)
                   param:str='label_column'         # parameter named in errors
                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     "Map raw labels to class ids with one vocabulary taken from the training labels: (train ids, test ids, names)."
@@ -120,14 +137,22 @@ def encode_labels(train_values:Sequence,           # raw training labels (string
         if blank.any():
             raise FedHelloError(param, f'{int(blank.sum())} blank',
                                 f'expected a label on every {part} row (the first blank one is row {int(np.argmax(blank))})')
-    if label_names is not None:
+    if label_names is not None:      # the given classes, in this order: labels are their names or their positions
         names = [str(n) for n in label_names]
-        ids = [np.asarray(v, dtype=np.int64) for v in (tr, te)]
-        for part, v in zip(('train', 'test'), ids):
+        check(len(names) >= 2 and len(set(names)) == len(names), 'label_names', names, 'expected two or more distinct class names')
+        index = {n: k for k, n in enumerate(names)}
+        def to_ids(s, part):
+            vals = s.tolist()
+            if all(str(v) in index for v in vals): return np.array([index[str(v)] for v in vals], dtype=np.int64)
+            ints = pd.to_numeric(s, errors='coerce')
+            if len(s) and (ints.isna().any() or (ints % 1 != 0).any()):
+                bad = sorted({str(v) for v in vals if str(v) not in index})[:5]
+                raise FedHelloError(param, bad, f'expected {part} labels that are among label_names {names[:5]} or their positions')
+            v = ints.to_numpy(np.int64) if len(s) else np.zeros(0, np.int64)
             check(len(v) == 0 or (v.min() >= 0 and v.max() < len(names)), param, f'{part} labels',
                   f'expected integers in [0, {len(names)}) for the {len(names)} label_names')
-        check(len(names) >= 2, param, names, 'expected at least two classes (label_names)')
-        return ids[0], ids[1], names
+            return v
+        return to_ids(tr, 'train'), to_ids(te, 'test'), names
     vocab = sorted(tr.unique().tolist())
     check(len(vocab) >= 2, param, [str(v) for v in vocab], 'expected at least two classes in the training labels')
     index = {v: i for i, v in enumerate(vocab)}
@@ -319,15 +344,19 @@ def _default_task_frames(seed:int=0,             # seed of everything random in 
              for t, y in rows['train']]
     return (pd.DataFrame(train, columns=['text', 'label']), pd.DataFrame(rows['test'], columns=['text', 'label']))
 
-def _split_from_frame(df:pd.DataFrame, ids:np.ndarray, names:list[str], text_column:str) -> LabeledSplit:
-    "A split from a table's text column; a column of empty texts is refused, some empty ones are counted in a warning."
-    texts = df[text_column]
-    empty = (texts.isna() | texts.astype(str).str.strip().eq('')).to_numpy(bool)
-    check(not empty.all(), 'text_column', text_column, f'every one of its {len(df)} texts is empty')
+def _split_from_frame(df:pd.DataFrame, ids:np.ndarray, names:list[str], text_column:str|Sequence[str],
+                      separator:str=' ') -> LabeledSplit:
+    "A split from a table's text column (several are joined with `separator`); all-empty texts are refused, some are counted."
+    cols = [text_column] if isinstance(text_column, str) else list(text_column)
+    param, value = ('text_column', cols[0]) if len(cols) == 1 else ('text_columns', cols)
+    parts = [df[c].fillna('').astype(str) for c in cols]
+    texts = parts[0] if len(parts) == 1 else pd.Series([separator.join(t) for t in zip(*parts)], index=df.index)
+    empty = texts.str.strip().eq('').to_numpy(bool)
+    check(not empty.all(), param, value, f'every one of its {len(df)} texts is empty')
     if empty.any():
-        warnings.warn(f'{int(empty.sum())} of {len(df)} texts in column {text_column!r} are empty; they train as empty inputs',
+        warnings.warn(f'{int(empty.sum())} of {len(df)} texts in {param} {value!r} are empty; they train as empty inputs',
                       stacklevel=3)
-    return LabeledSplit(texts.fillna('').astype(str).tolist(), ids, names)
+    return LabeledSplit(texts.tolist(), ids, names)
 
 def default_task(seed:int=0,            # seed of the generator (0 is the shipped task)
                  test_per_class:int=60, # held-out messages per intent
@@ -393,7 +422,8 @@ TEXT_COLUMNS = ('text', 'sentence', 'content', 'utterance', 'review')
 LABEL_COLUMNS = ('label', 'category', 'labels', 'intent', 'class')
 
 def read_table(path:str|Path,     # a CSV, TSV, JSONL or parquet file
-               fmt:str|None=None  # 'csv', 'tsv', 'jsonl' or 'parquet'; None reads it from the suffix
+               fmt:str|None=None, # 'csv', 'tsv', 'jsonl' or 'parquet'; None reads it from the suffix
+               header:bool=True   # CSV/TSV: the first row names the columns; False names them by position '0', '1', ...
               ) -> pd.DataFrame:
     "Read one table file into a data frame, text kept verbatim."
     path = Path(path).expanduser()
@@ -401,13 +431,22 @@ def read_table(path:str|Path,     # a CSV, TSV, JSONL or parquet file
     formats = sorted(set(TABLE_FORMATS.values()))
     fmt = fmt or TABLE_FORMATS.get(path.suffix.lower())
     check(fmt in formats, 'fmt', fmt or path.suffix, f'expected one of {formats} (or a file ending in {list(TABLE_FORMATS)})')
-    empty = 'expected a non-empty table file with a header row'
+    empty = 'expected a non-empty table file' + (' with a header row' if header and fmt in ('csv', 'tsv') else '')
     check(path.stat().st_size > 0, 'path', str(path), empty)
-    if fmt in ('csv', 'tsv'):
-        try: return pd.read_csv(path, sep=',' if fmt == 'csv' else '\t', keep_default_na=False)
-        except pd.errors.EmptyDataError: raise FedHelloError('path', str(path), empty) from None   # only blank lines
-    if fmt == 'jsonl': return pd.read_json(path, lines=True, dtype=False)
-    return pd.read_parquet(path)
+    try:
+        if fmt in ('csv', 'tsv'):
+            try: df = pd.read_csv(path, sep=',' if fmt == 'csv' else '\t', keep_default_na=False,
+                                  header=0 if header else None, encoding='utf-8')
+            except pd.errors.EmptyDataError: raise FedHelloError('path', str(path), empty) from None   # only blank lines
+            return df if header else df.rename(columns=str)
+        if fmt == 'jsonl': return pd.read_json(path, lines=True, dtype=False, encoding='utf-8')
+        return pd.read_parquet(path)
+    except FedHelloError: raise
+    except UnicodeDecodeError as e:
+        raise FedHelloError('path', str(path), 'expected UTF-8 text (it is not: save it as UTF-8)') from None
+    except ValueError as e:          # pandas' ParserError, a JSON error and pyarrow's ArrowInvalid all are ValueErrors
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise FedHelloError('path', str(path), f'expected a valid {fmt} file ({first[:160]})') from None
 
 def guess_column(df:pd.DataFrame,        # the table
                  given:str|None,         # the column the user named, or None to guess
@@ -422,7 +461,8 @@ def guess_column(df:pd.DataFrame,        # the table
         return check(given in cols, param, given, f'expected a column{at}; the columns are {cols}')
     for c in candidates:
         if c in cols: return c
-    raise FedHelloError(param, None, f'found none of {list(candidates)}{at}; name one of the columns {cols}')
+    raise FedHelloError(param, None, f'found none of {list(candidates)}{at}; name one of the columns {cols} '
+                                     "(a file without a header row: header false, and the columns by position '0', '1', ...)")
 
 # %% ../nbs/02_data.ipynb #64029470
 def holdout_split(labels:Sequence[int],   # class id of every row
@@ -440,36 +480,48 @@ def holdout_split(labels:Sequence[int],   # class id of every row
     return np.setdiff1d(np.arange(len(labels)), test), test
 
 # %% ../nbs/02_data.ipynb #00ef10e4
+def _text_columns(df:pd.DataFrame, text_column, where:str) -> list[str]:
+    "The text column (given or guessed), or each of several given ones."
+    if text_column is None or isinstance(text_column, str):
+        return [guess_column(df, text_column, TEXT_COLUMNS, 'text_column', where)]
+    check(len(text_column) >= 1, 'text_columns', list(text_column), 'expected one or more column names')
+    return [guess_column(df, c, (), 'text_columns', where) for c in text_column]
+
 def _frames_to_task(train:pd.DataFrame, test:pd.DataFrame|None, text_column, label_column, name:str,
-                    where:tuple[str, str]=('', ''), label_names=None, test_fraction:float=0.2, seed:int=0) -> TaskData:
+                    where:tuple[str, str]=('', ''), label_names=None, test_fraction:float=0.2, seed:int=0,
+                    separator:str=' ') -> TaskData:
     "Columns found per frame, labels encoded with the training vocabulary, a held-out split made when `test` is None."
     check(len(train) > 0, 'train', where[0] or name, 'expected at least one row')
-    tcol = guess_column(train, text_column, TEXT_COLUMNS, 'text_column', where[0])
+    tcol = _text_columns(train, text_column, where[0])
     lcol = guess_column(train, label_column, LABEL_COLUMNS, 'label_column', where[0])
     if test is None:
         a, _, names = encode_labels(train[lcol], (), label_names)
         tr, te = holdout_split(a, test_fraction, seed)
-        split = _split_from_frame(train, a, names, tcol)
+        split = _split_from_frame(train, a, names, tcol, separator)
         return TaskData(split.subset(tr), split.subset(te), name)
     check(len(test) > 0, 'test', where[1] or name, 'expected at least one row')
-    tcol2 = guess_column(test, text_column, TEXT_COLUMNS, 'text_column', where[1])
+    tcol2 = _text_columns(test, text_column, where[1])
     lcol2 = guess_column(test, label_column, LABEL_COLUMNS, 'label_column', where[1])
     a, b, names = encode_labels(train[lcol], test[lcol2], label_names)
-    return TaskData(_split_from_frame(train, a, names, tcol), _split_from_frame(test, b, names, tcol2), name)
+    return TaskData(_split_from_frame(train, a, names, tcol, separator), _split_from_frame(test, b, names, tcol2, separator), name)
 
 def load_table_files(train:str|Path,              # the training table
                      test:str|Path|None=None,     # the held-out table; None holds out `test_fraction` of train
-                     text_column:str|None=None,   # text column; None guesses among `TEXT_COLUMNS`, per file
+                     text_column:str|Sequence[str]|None=None, # text column, or several joined; None guesses among `TEXT_COLUMNS`
                      label_column:str|None=None,  # label column; None guesses among `LABEL_COLUMNS`, per file
                      fmt:str|None=None,           # format of both files; None reads the suffixes
                      test_fraction:float=0.2,     # share held out when `test` is None
-                     seed:int=0                   # seed of that split
+                     seed:int=0,                  # seed of that split
+                     header:bool=True,            # CSV/TSV files have a header row (False: columns '0', '1', ...)
+                     label_names:Sequence[str]|None=None, # the classes in order (labels are names or positions)
+                     separator:str=' '            # joins several text columns into one text
                     ) -> TaskData:
-    "A text classification task from one or two table files."
-    tr = read_table(train, fmt)
-    te = None if test is None else read_table(test, fmt)
-    return _frames_to_task(tr, te, text_column, label_column, Path(train).parent.name or str(train),
-                           (Path(train).name, '' if test is None else Path(test).name), None, test_fraction, seed)
+    "A text classification task from one or two table files, named after the training file (one file) or its folder."
+    tr = read_table(train, fmt, header)
+    te = None if test is None else read_table(test, fmt, header)
+    name = Path(train).stem if test is None else (Path(train).parent.name or Path(train).stem)
+    return _frames_to_task(tr, te, text_column, label_column, name, (Path(train).name, '' if test is None else Path(test).name),
+                           label_names, test_fraction, seed, separator)
 
 # %% ../nbs/02_data.ipynb #6faf0f6b
 TEST_SPLIT_NAMES = ('test', 'dev', 'validation', 'valid', 'val')
@@ -480,10 +532,11 @@ def _find_split_file(folder:Path, stem:str, suffixes) -> Path|None:
     return hits[0] if hits else None
 
 def load_table_folder(folder:str|Path,            # holds train.<ext> and optionally test/dev.<ext>
-                      text_column:str|None=None,  # text column; None guesses, per file
+                      text_column:str|Sequence[str]|None=None, # text column, or several joined; None guesses, per file
                       label_column:str|None=None, # label column; None guesses, per file
                       test_fraction:float=0.2,    # share held out when there is no test file
-                      seed:int=0                  # seed of that split
+                      seed:int=0,                 # seed of that split
+                      **options                   # `header`, `label_names`, `separator` of `load_table_files`
                      ) -> TaskData:
     "A text classification task from a folder with a `train.*` table and a `test.*`/`dev.*` one."
     folder = Path(folder).expanduser()
@@ -491,16 +544,15 @@ def load_table_folder(folder:str|Path,            # holds train.<ext> and option
     train = _find_split_file(folder, 'train', TABLE_FORMATS)
     check(train is not None, 'path', str(folder), f'expected a train file ending in one of {list(TABLE_FORMATS)}')
     test = next((f for s in TEST_SPLIT_NAMES if (f := _find_split_file(folder, s, TABLE_FORMATS))), None)
-    t = load_table_files(train, test, text_column, label_column, None, test_fraction, seed)
+    t = load_table_files(train, test, text_column, label_column, None, test_fraction, seed, **options)
     t.name = folder.name
     return t
 
 # %% ../nbs/02_data.ipynb #b8db9785
-def _hf_loader():
+def _hf_loader(source:str):
     try: from datasets import load_dataset
-    except ImportError:
-        raise ImportError("loading a Hugging Face dataset needs the optional package `datasets`: "
-                          "pip install 'fedhello-nb[hf]'") from None
+    except ImportError:          # the extra is missing: bad input like any other, before anything has run
+        raise FedHelloError('source', source, "needs the optional package `datasets`: pip install 'fedhello-nb[hf]'") from None
     return load_dataset
 
 def _hf_frame(split) -> pd.DataFrame:
@@ -512,20 +564,30 @@ def _hf_label_names(split, column:str):
 
 def load_hf_dataset(name:str,                    # Hugging Face dataset id, e.g. 'stanfordnlp/sst2'
                     config:str|None=None,        # its configuration, e.g. 'sst2' for 'glue'
-                    text_column:str|None=None,   # text column; None guesses
+                    text_column:str|Sequence[str]|None=None, # text column, or several joined; None guesses
                     label_column:str|None=None,  # label column; None guesses
                     train_split:str='train',     # the split used for training
                     test_split:str|None=None,    # the held-out split; None takes test/validation/dev, or holds out
                     test_fraction:float=0.2,     # share held out when there is no usable test split
                     seed:int=0,                  # seed of that split
-                    loader:Callable|None=None    # stands in for `datasets.load_dataset` (tests)
+                    loader:Callable|None=None,   # stands in for `datasets.load_dataset` (tests)
+                    label_names:Sequence[str]|None=None, # the classes in order; None takes the ClassLabel's names
+                    separator:str=' '            # joins several text columns
                    ) -> TaskData:
     "A text classification task from the Hugging Face hub (needs `datasets` and the network)."
-    splits = (loader or _hf_loader())(name, config) if config else (loader or _hf_loader())(name)
+    source = 'hf:' + name + (f':{config}' if config else '')
+    load = loader or _hf_loader(source)
+    try: splits = load(name, config) if config else load(name)
+    except Exception as e:      # offline, a name the hub does not know, no access: nothing has run, so it is bad input
+        first = (str(e).strip().splitlines() or [''])[0][:200]
+        offline = any(os.environ.get(v, '0') not in ('', '0') for v in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'))
+        why = ' (offline: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set, so only a cached copy can load)' if offline else ''
+        raise FedHelloError('source', source,
+                            f'expected a Hugging Face dataset that can be loaded{why}: {type(e).__name__}: {first}') from None
     check(train_split in splits, 'train_split', train_split, f'expected one of the splits {list(splits)}')
     train = _hf_frame(splits[train_split])
     lcol = guess_column(train, label_column, LABEL_COLUMNS, 'label_column', train_split)
-    names = _hf_label_names(splits[train_split], lcol)
+    names = label_names if label_names is not None else _hf_label_names(splits[train_split], lcol)
     if test_split is not None:
         check(test_split in splits, 'test_split', test_split, f'expected one of the splits {list(splits)}')
         candidates = [test_split]
@@ -535,8 +597,8 @@ def load_hf_dataset(name:str,                    # Hugging Face dataset id, e.g.
         frame = _hf_frame(splits[s])
         if lcol in frame and len(frame) and not (pd.to_numeric(frame[lcol], errors='coerce') < 0).all():
             test = frame; break
-    return _frames_to_task(train, test, text_column, lcol, f'hf:{name}' + (f':{config}' if config else ''),
-                           (train_split, 'test'), names, test_fraction, seed)
+    return _frames_to_task(train, test, text_column, lcol, source,
+                           (train_split, 'test'), names, test_fraction, seed, separator)
 
 # %% ../nbs/02_data.ipynb #ee12a9fd
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
@@ -614,33 +676,55 @@ def _is_image_folder(p:Path) -> bool:
     sub = p / 'train' if (p / 'train').is_dir() else p
     return any(f.suffix.lower() in IMAGE_SUFFIXES for d in sub.iterdir() if d.is_dir() for f in d.iterdir())
 
-def load_data(source:str|Path=DEFAULT_TASK_NAME, # 'default', a path, 'shared:<name>' or 'hf:<name>[:<config>]'
-              text_column:str|None=None,  # text column of tables; None guesses
+MEMORY_SOURCE = 'memory:'      # how a configuration names data passed from Python (followed by its fingerprint)
+
+def load_data(source=DEFAULT_TASK_NAME,   # 'default', a path, 'shared:<name>', 'hf:<name>[:<config>]'; or a TaskData, a DataFrame, (train, test) DataFrames
+              text_column:str|Sequence[str]|None=None, # text column of tables, or several joined; None guesses
               label_column:str|None=None, # label column of tables; None guesses
               max_train:int|None=None,    # keep at most this many training rows (seeded)
               max_test:int|None=None,     # keep at most this many test rows (seeded)
               seed:int=0,                 # seed of held-out splits and of the row limits
               test_fraction:float=0.2,    # share held out when the source has no test split
-              image_size:int|None=None    # resize images on reading (image sources only)
+              image_size:int|None=None,   # resize images on reading (image folders only)
+              header:bool=True,           # CSV/TSV files have a header row (False: columns '0', '1', ...)
+              label_names:Sequence[str]|None=None, # the classes in order: labels are these names or their positions
+              text_separator:str=' '      # joins several text columns into one text
              ) -> TaskData:
-    "Load a classification task from any supported source."
-    check(isinstance(source, (str, Path)) and str(source) != '', 'source', source, 'expected a non-empty string or path')
-    s = str(source)
-    if s == DEFAULT_TASK_NAME: task = default_task()
+    "Load a classification task from any supported source; test rows that repeat a training row are counted in a warning."
+    frames = isinstance(source, tuple) and len(source) == 2 and all(isinstance(f, pd.DataFrame) for f in source)
+    check(isinstance(source, (str, Path, TaskData, pd.DataFrame)) or frames, 'source', type(source).__name__,
+          'expected a string or path, a TaskData, a DataFrame, or a (train, test) pair of DataFrames')
+    check(str(source) != '', 'source', source, 'expected a non-empty string or path')
+    s, tables = str(source), dict(header=header, label_names=label_names, separator=text_separator)
+    if isinstance(source, TaskData): task = source
+    elif isinstance(source, pd.DataFrame) or frames:    # in memory: the test rows held out, or the second frame
+        train, test = (source, None) if isinstance(source, pd.DataFrame) else source
+        task = _frames_to_task(train, test, text_column, label_column, 'dataframe', ('DataFrame', 'test DataFrame'),
+                               label_names, test_fraction, seed, text_separator)
+    elif s.startswith(MEMORY_SOURCE):
+        raise FedHelloError('source', s, 'names data that was passed from Python: pass the data itself '
+                            '(run_experiment(config, data=...))')
+    elif s == DEFAULT_TASK_NAME: task = default_task()
     elif s.startswith('hf:'):
         name, _, config = s[3:].partition(':')
-        task = load_hf_dataset(name, config or None, text_column, label_column, test_fraction=test_fraction, seed=seed)
+        task = load_hf_dataset(name, config or None, text_column, label_column, test_fraction=test_fraction, seed=seed,
+                               label_names=label_names, separator=text_separator)
     else:
         p = shared_data_path(s[7:]) if s.startswith('shared:') else Path(s).expanduser()
         check(p.exists(), 'source', s, f"expected 'default', 'shared:<name>', 'hf:<name>' or an existing path "
                                        f"(relative to {Path.cwd()})")
         if p.is_file() and p.suffix.lower() == '.npz': task = load_image_arrays(p, test_fraction, seed)
-        elif p.is_file(): task = load_table_files(p, None, text_column, label_column, None, test_fraction, seed)
+        elif p.is_file(): task = load_table_files(p, None, text_column, label_column, None, test_fraction, seed, **tables)
         elif _is_image_folder(p):
             task = load_image_arrays(p, test_fraction, seed) if (p / 'train.npz').is_file() else \
                 load_image_folder(p, image_size, test_fraction, seed)
-        else: task = load_table_folder(p, text_column, label_column, test_fraction, seed)
-    return task.limit(max_train, max_test, seed)
+        else: task = load_table_folder(p, text_column, label_column, test_fraction, seed, **tables)
+    task = task.limit(max_train, max_test, seed)
+    if (n := task.overlap()):
+        warnings.warn(f'{n} of {len(task.test)} test rows of {task.name!r} also occur in its training split: '
+                      'test accuracy on them measures memory, not generalisation', stacklevel=2)
+    return task
+
 
 # %% ../nbs/02_data.ipynb #24161a14
 class PadCollator:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from .validate import FedHelloError, check, check_int, check_number, check_choice
 from .config import ExperimentConfig, TrainConfig, make_config, RANK_STRATEGIES, HIER_STRATEGIES, LADDER_STRATEGIES
-from .data import load_data, make_dataset, make_loader
+from .data import MEMORY_SOURCE, TaskData, load_data, make_dataset, make_loader
 from .partition import partition, held_out_rows
 from .model import FedLoraModel, TINY_MODEL_NAMES, resolve_model, model_kind
 from .allocation import AllocationMap, AllocationStrategy, CapacityPlan, strategy_from_config
@@ -37,12 +37,12 @@ _log = logging.getLogger('fedhello_nb.engine')   # the module's name, in the not
 __all__ = ['FIM_STRATEGIES', 'HELD_OUT_PER_CLIENT', 'PARAM_FIELDS', 'COMMUNICATION_COLUMNS', 'CLIENT_STATUSES', 'SPLIT_COLUMNS',
            'CLIENT_SPREAD_COLUMNS', 'METRIC_COLUMNS', 'MODEL_FILES', 'RESULT_FILES', 'STRATEGY_PREFIX', 'derived_seed',
            'select_clients', 'draw_failures', 'TrainInstruction', 'rejection_reason', 'log_rejection',
-           'LayerwiseStrategy', 'train_client', 'config_errors', 'resolve_device', 'Federation', 'build_strategy',
-           'client_update_of', 'RoundPlan', 'plan_round', 'payload_bytes', 'client_row', 'Reply', 'InProcessRuntime',
-           'finish_round', 'run_round', 'run_title', 'evaluated_models', 'RoundEvaluation', 'evaluate_round',
-           'has_global_model', 'global_model_info', 'save_global_model', 'prediction_table', 'strict_json', 'RunResult',
-           'plot_metric', 'plot_client_spread', 'plot_trainers', 'cumulative_bytes', 'plot_communication',
-           'run_experiment']
+           'LayerwiseStrategy', 'train_client', 'load_task', 'config_errors', 'resolve_device', 'Federation',
+           'build_strategy', 'client_update_of', 'RoundPlan', 'plan_round', 'payload_bytes', 'client_row', 'Reply',
+           'InProcessRuntime', 'finish_round', 'run_round', 'run_title', 'evaluated_models', 'RoundEvaluation',
+           'evaluate_round', 'has_global_model', 'global_model_info', 'save_global_model', 'prediction_table',
+           'strict_json', 'RunResult', 'plot_metric', 'plot_client_spread', 'plot_trainers', 'cumulative_bytes',
+           'plot_communication', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -190,6 +190,18 @@ def train_client(fm:FedLoraModel,                     # the shared model (its st
     return ClientUpdate(instruction.client, delta, n,
                         {'loss': float(np.mean(losses)), 'steps': len(losses), 'seconds': time.perf_counter() - t0})
 
+# %% ../nbs/13_engine.ipynb #0c35be6e
+def load_task(config:ExperimentConfig,  # the experiment: its `data` section says what to read and how
+              data=None                 # in-memory data (a TaskData, a DataFrame, (train, test) DataFrames); None reads data.source
+             ) -> TaskData:
+    "The experiment's task, loaded with every option of its `data` section; errors name the `data.*` field."
+    d = config.data
+    with config_errors('data'):
+        return load_data(d.source if data is None else data, d.text_columns or d.text_column, d.label_column,
+                         d.max_train, d.max_test, seed=config.train.seed, test_fraction=d.test_fraction,
+                         image_size=d.image_size, header=d.header, label_names=d.label_names,
+                         text_separator=d.text_separator)
+
 # %% ../nbs/13_engine.ipynb #f658540f
 FIM_STRATEGIES = ('fedhello', 'fim')
 HELD_OUT_PER_CLIENT = 8    # validation rows each client of a HierFedLoRA run holds out (`held_out_rows`)
@@ -198,7 +210,11 @@ HELD_OUT_PER_CLIENT = 8    # validation rows each client of a HierFedLoRA run ho
 PARAM_FIELDS = {
     'data': {'source': 'data.source', 'name': 'data.source', 'path': 'data.source', 'fmt': 'data.source',
              'train': 'data.source', 'test': 'data.source', 'text_column': 'data.text_column',
-             'label_column': 'data.label_column', 'max_train': 'data.max_train', 'max_test': 'data.max_test'},
+             'label_column': 'data.label_column', 'max_train': 'data.max_train', 'max_test': 'data.max_test',
+             'text_columns': 'data.text_columns', 'label_names': 'data.label_names', 'labels': 'data.label_column',
+             'test_fraction': 'data.test_fraction', 'image_size': 'data.image_size'},
+    'allocation': {'custom_order': 'allocation.custom_order', 'custom_counts': 'allocation.custom_counts',
+                   'pattern': 'allocation.pattern', 'capacities': 'clients.capacities', 'scores': 'allocation.strategy'},
     'model': {'name': 'model.name', 'kind': 'model.kind', 'r': 'lora.r', 'alpha': 'lora.alpha',
               'dropout': 'lora.dropout', 'targets': 'lora.targets'},
     'proxy': {'n_proxy': 'data.proxy_size'},
@@ -262,7 +278,8 @@ class Federation:
 
     @classmethod
     def from_config(cls, config:ExperimentConfig|dict,
-                    client:int|None=None   # build only what this client needs (a Flower SuperNode): None builds the server's
+                    client:int|None=None,  # build only what this client needs (a Flower SuperNode): None builds the server's
+                    task:TaskData|None=None # the data, already loaded (`load_task`); None loads `config.data`
                    ) -> 'Federation':
         "Load the model and data, take the proxy set, partition, plan capacities and build the strategy."
         cfg = config if isinstance(config, ExperimentConfig) else make_config(config)
@@ -270,8 +287,7 @@ class Federation:
         device = resolve_device(tr.device)        # before anything loads
         if cfg.model.name not in TINY_MODEL_NAMES:  # a model that cannot be found, before minutes of data loading
             with config_errors('model'): model_kind(resolve_model(cfg.model.name)[2], cfg.model.kind)
-        with config_errors('data'):
-            task = load_data(d.source, d.text_column, d.label_column, d.max_train, d.max_test, seed=tr.seed)
+        task = load_task(cfg) if task is None else task
         with config_errors('model'):
             fm = FedLoraModel.load(cfg.model.name, task.num_classes, cfg.lora, cfg.model.kind, seed=tr.seed)
         fm.model.to(device)
@@ -311,7 +327,7 @@ class Federation:
                        train_rows, none, none)
         fed = cls(cfg, fm, task, make(task.train), make(task.test), proxy_set, part, client_rows, plan, None, device,
                   train_rows, reward_rows, local_rows, val_rows)
-        fed.strategy = build_strategy(fed)
+        with config_errors('allocation'): fed.strategy = build_strategy(fed)
         return fed
 
 def build_strategy(fed:Federation):
@@ -697,16 +713,23 @@ def run_experiment(config:ExperimentConfig|dict|None=None, # the experiment (a d
                    on_round_end:Callable[[dict], None]|None=None, # called with each round's row (e.g. live plots)
                    runtime=None,                          # who trains the clients: `InProcessRuntime()` (default), Flower's `FlowerRuntime`
                    setup:Callable|None=None,              # `setup(fed)` after building the federation; may return summary fields
+                   data=None,                             # in-memory data instead of data.source: a TaskData, a DataFrame, (train, test) DataFrames
                    **overrides                            # dotted overrides, e.g. `train__rounds=3`
                   ) -> RunResult:
     "Run (or resume) a federated experiment and write its results into `config.output.dir`."
     cfg = make_config(config, **overrides)
     check_trackers(cfg.output.trackers)
+    task = None
+    if data is not None:      # the configuration names the data by its fingerprint: resuming with other data is refused
+        check(runtime is None or isinstance(runtime, InProcessRuntime), 'data', type(data).__name__,
+              'in-memory data runs in-process only: Flower nodes read data.source themselves')
+        task = load_task(cfg, data)
+        cfg = make_config(cfg, **{'data.source': MEMORY_SOURCE + task.fingerprint()})
     run_dir = Path(cfg.output.dir)
     with run_lock(run_dir):                  # one run per folder; a folder that cannot be written is refused here
         resuming = check_run_dir(run_dir, cfg.to_dict(), cfg.output.resume)   # refused before anything loads
         if resuming: _check_resumable(run_dir)
-        fed = Federation.from_config(cfg)                                      # bad input fails here, nothing written
+        fed = Federation.from_config(cfg, task=task)                                      # bad input fails here, nothing written
         with discard_on_failure(run_dir, enabled=not resuming) as keep, RunTrackers(cfg, run_dir) as trackers:
             prepare_run_dir(run_dir, cfg.to_dict(), cfg.output.resume)
             extra = (setup(fed) if setup is not None else None) or {}

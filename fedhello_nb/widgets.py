@@ -18,7 +18,7 @@ import yaml
 import ipywidgets as W
 from .validate import FedHelloError, check, check_int, check_number, check_choice
 from .config import (ALL_STRATEGIES, DEFAULT_MODEL, FIM_MAPPINGS, PARTITION_SCHEMES, PATTERNS,
-                                ExperimentConfig, make_config, config_from_yaml)
+                                ExperimentConfig, check_fields, make_config, config_from_yaml)
 from .allocation import (CapacityPlan, make_strategy, scale_capacities, gd_sets, pattern_profile,
                                     plot_allocation, plot_counts, plot_profile, rgd_probabilities, fim_probabilities,
                                     expected_counts, order_from_counts, capacities_for_depth, order_for_depth)
@@ -352,6 +352,16 @@ class AllocationExplorer(Panel):
                  run_model:str|None=None,             # the model the export is for; None: the memory model if a run can load it, else `DEFAULT_MODEL`
                  debounce:float=0.25):
         super().__init__(debounce)
+        # arguments are checked like the configuration fields they stand for, before a widget could clamp or refuse them
+        check_choice('strategy', strategy, list(ALLOCATION_PANEL_STRATEGIES.values()))
+        given = {'clients.capacities': capacities, 'clients.fractions': fractions, 'allocation.custom_order': custom_order}
+        check_fields({'allocation.pattern': pattern, 'clients.num_clients': num_clients, 'train.seed': seed,
+                      'allocation.fim_mapping': mapping, 'train.batch_size': batch,
+                      **{k: list(v) if isinstance(v, (list, tuple, np.ndarray)) else v for k, v in given.items() if v is not None}})
+        check_int('round', round, ge=0); check_int('seq_len', seq_len, ge=1)
+        if depth is not None: check_int('depth', depth, ge=1, le=64)
+        if custom_counts is not None: [check_number('custom_counts', x, ge=0) for x in custom_counts]
+        if memory_model is not None: check_choice('memory_model', memory_model, MEMORY_PANEL_MODELS)
         if run_model is not None:
             try: model_depth(run_model)
             except FedHelloError as e: raise FedHelloError('run_model', run_model, e.allowed) from None
@@ -616,6 +626,11 @@ def _task(source:str, max_train:int|None):
         _TASKS[key] = load_data(source, max_train=max_train)
     return _TASKS[key]
 
+def _log_range(x:float) -> dict:
+    "Exponents of a log slider: 10^-2..10^2, widened to hold `x` (a slider clamps what it cannot show)."
+    e = math.log10(x)
+    return {'min': min(-2, math.floor(e)), 'max': max(2, math.ceil(e))}
+
 class PartitionExplorer(Panel):
     "Per-client label histograms and divergences of a partition, behind controls."
     title = 'Data partition'
@@ -632,15 +647,19 @@ class PartitionExplorer(Panel):
                  max_clients:int=50,            # draw at most this many clients
                  debounce:float=0.25):
         super().__init__(debounce)
+        check_fields({'data.source': source, 'partition.scheme': scheme, 'partition.alpha': alpha, 'partition.beta': beta,
+                      'partition.classes_per_client': classes_per_client, 'clients.num_clients': num_clients,
+                      'partition.seed': seed, 'data.max_train': max_train})
+        check_int('max_clients', max_clients, ge=1)
         a, wide = self._add, lambda: W.Layout(width='330px')
         sources = data_sources()
         if source not in sources: sources.append(source)
         self.source = a('source', W.Dropdown(options=sources, value=source, description='data set', layout=wide()))
         self.scheme = a('scheme', W.Dropdown(options=list(PARTITION_SCHEMES), value=scheme, description='scheme', layout=wide()))
-        self.alpha = a('alpha', W.FloatLogSlider(alpha, base=10, min=-2, max=2, step=0.05, description='alpha', layout=wide()))
+        self.alpha = a('alpha', W.FloatLogSlider(alpha, base=10, **_log_range(alpha), step=0.05, description='alpha', layout=wide()))
         self.classes_per_client = a('classes_per_client', W.BoundedIntText(classes_per_client, min=1, max=10**4,
                                                                            description='M classes', layout=wide()))
-        self.beta = a('beta', W.FloatLogSlider(beta, base=10, min=-2, max=2, step=0.05, description='beta', layout=wide()))
+        self.beta = a('beta', W.FloatLogSlider(beta, base=10, **_log_range(beta), step=0.05, description='beta', layout=wide()))
         self.num_clients = a('num_clients', W.IntSlider(num_clients, min=1, max=max(200, num_clients), description='clients', layout=wide()))
         self.seed = a('seed', W.IntText(seed, description='seed', layout=W.Layout(width='160px')))
         self.max_train = a('max_train', W.BoundedIntText(max_train or 0, min=0, max=10**8, description='max rows',
@@ -707,13 +726,15 @@ class GroupingExplorer(Panel):
                  seed:int=0,                   # seed of the random grouping
                  debounce:float=0.25):
         super().__init__(debounce)
+        check_fields({'hier.num_groups': num_groups, 'hier.lam': lam}); check_int('seed', seed, ge=0)
         a, wide = self._add, lambda: W.Layout(width='330px')
         self._source, self._resources = clients, resources
         if isinstance(clients, PartitionExplorer): clients.on_update(lambda _: self._changed())
         n = len(self._histograms())
+        check(num_groups is None or num_groups <= n, 'hier.num_groups', num_groups, f'expected at most the {n} clients')
         self.num_groups = a('num_groups', W.IntSlider(min(num_groups or 2, n), min=1, max=n, description='groups K', layout=wide()))
         self.auto = a('auto', W.Checkbox(num_groups is None, description='choose K by the sweep'))
-        self.lam = a('lam', W.FloatSlider(lam, min=0, max=2, step=0.05, description='lambda', layout=wide()))
+        self.lam = a('lam', W.FloatSlider(lam, min=0, max=max(2, lam), step=0.05, description='lambda', layout=wide()))
         self.seed = a('seed', W.IntText(seed, description='random seed', layout=W.Layout(width='200px')))
         self.out = W.Output(layout=W.Layout(width='100%'))
         self.table_out = W.Output(layout=W.Layout(width='100%'))
@@ -794,6 +815,11 @@ class MemoryExplorer(Panel):
                  estimator=None,                      # a calibrated `MemoryEstimator` instead of `model`
                  debounce:float=0.25):
         super().__init__(debounce)
+        check_fields({'train.batch_size': batch, 'allocation.pattern': pattern,
+                      **({'clients.capacities': list(capacities)} if capacities is not None else {})})
+        check(pattern != 'custom', 'allocation.pattern', pattern, 'expected a named pattern (the panel has no custom order)')
+        check_int('seq_len', seq_len, ge=1); check_choice('value', value, MEMORY_VALUES)
+        if image_size is not None: check_int('image_size', image_size, ge=16)
         a, wide = self._add, lambda: W.Layout(width='330px')
         self._given, self._image_size, self._last_model = estimator, image_size, None
         models = list(MEMORY_PANEL_MODELS) + (['(given)'] if estimator is not None else [])
@@ -801,8 +827,8 @@ class MemoryExplorer(Panel):
         self.model = a('model', W.Dropdown(options=models, value='(given)' if estimator is not None else model,
                                            description='model', layout=wide()))
         self.batch = a('batch', W.BoundedIntText(batch, min=1, max=100000, description='batch', layout=W.Layout(width='200px')))
-        self.seq_len = a('seq_len', W.IntSlider(seq_len, min=1, max=512, description='seq len', layout=wide()))
-        self.image_size = a('image_size', W.IntSlider(image_size or 224, min=16, max=448, step=16, description='image size', layout=wide()))
+        self.seq_len = a('seq_len', W.IntSlider(seq_len, min=1, max=max(512, seq_len), description='seq len', layout=wide()))
+        self.image_size = a('image_size', W.IntSlider(image_size or 224, min=16, max=max(448, image_size or 0), step=16, description='image size', layout=wide()))
         self.budget = a('budget', W.Text(budget if isinstance(budget, str) else ', '.join(map(str, budget)),
                                          description='budget', placeholder="e.g. 2GB, 4GB, 8GB", layout=wide()))
         self.pattern = a('pattern', W.Dropdown(options=[p for p in PATTERNS if p != 'custom'], value=pattern,

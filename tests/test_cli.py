@@ -177,3 +177,31 @@ def test_bad_files_and_values_exit_2_before_loading(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f'fedhello: error: {message}') and err.count('\n') == 1, err
     assert not (tmp_path/'never').exists()
+
+
+def test_own_data_options_and_bad_data(tmp_path, capsys):
+    """A headerless CSV with two text columns and integer labels, read with data.header, data.text_columns and
+    data.label_names; data that cannot be read (not UTF-8, no header, a hub dataset offline or without `datasets`)
+    exits 2 in one line naming the data field, with no run folder."""
+    from fedhello_nb.cli import main
+    rows = [f'{t} {k},{d} {k},{k % 2}' for k in range(120) for t, d in [('fine day', 'sunny') if k % 2 else ('storm warning', 'rain')]]
+    (tmp_path/'weather.csv').write_text('\n'.join(rows) + '\n')
+    own = ['-p', 'data.source', str(tmp_path/'weather.csv'), '-p', 'data.header', 'false',
+           '-p', 'data.text_columns', '[0, 1]', '-p', 'data.label_column', '2', '-p', 'data.label_names', '[bad, good]',
+           '-p', 'data.test_fraction', '0.25', '-p', 'data.proxy_size', '8']
+    assert main(['run', *TINY, *own, '--out', str(tmp_path/'own'), '--quiet']) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path/'own'/'summary.json').read_text())
+    assert summary['rounds'] == 2
+    per_class = (tmp_path/'own'/'per_class.csv').read_text()
+    assert 'bad' in per_class and 'good' in per_class
+    capsys.readouterr()
+    (tmp_path/'latin1.csv').write_bytes('text,label\ncaf\xe9,a\nthé,b\n'.encode('latin-1'))
+    bad = [(['-p', 'data.source', str(tmp_path/'latin1.csv')], f"invalid data.source='{tmp_path/'latin1.csv'}': expected UTF-8 text"),
+           (['-p', 'data.source', str(tmp_path/'weather.csv')], 'invalid data.text_column=None: found none of'),
+           (['-p', 'data.source', 'hf:glue:sst2'], "invalid data.source='hf:glue:sst2': "),
+           ([*own, '-p', 'data.label_names', '[only]'], 'invalid data.label_names=')]
+    for extra, message in bad:
+        assert main(['run', *TINY, *extra, '--out', str(tmp_path/'never'), '--quiet']) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith(f'fedhello: error: {message}') and err.count('\n') == 1, err
+    assert not (tmp_path/'never').exists()
