@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='fedhello', description=
         'Federated LoRA fine-tuning on clients with unequal memory (Fed-HeLLo, HierFedLoRA).',
         epilog='exit codes: 0 ok, 1 a run failed after it started, 2 bad input or usage (no round ran), 130 interrupted')
+    from fedhello_nb import __version__
+    ap.add_argument('--version', action='version', version=f'fedhello {__version__}')
     sub = ap.add_subparsers(dest='command', metavar='COMMAND', required=True)
     r = sub.add_parser('run', help='run one experiment (no config: the main job on the offline default)',
                        description='Run one federated experiment and write tables, plots and the resolved config.')

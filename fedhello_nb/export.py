@@ -17,7 +17,8 @@ from .validate import FedHelloError, check, check_int
 from .config import ExperimentConfig, DEFAULT_MODEL, make_config
 from .model import (TINY_MODEL_NAMES, DEFAULT_MODEL_NAMES, load_model, load_processor, lora_config, head_names,
                                set_head_state, set_lora_state, resolve_model, quiet_transformers)
-from .runio import RUN_MARKER, list_checkpoints, load_state_file, read_table, atomic_write_text
+from .runio import RUN_MARKER, list_checkpoints, load_state_file, read_table
+from .files import atomic_write_text, umask_mode
 from .engine import MODEL_FILES, METRIC_COLUMNS, STRATEGY_PREFIX
 
 # %% auto #0
@@ -169,6 +170,7 @@ def export_run(run_dir:str|Path,          # a run folder
     to.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{to.name}.', dir=to.parent))
     try:
+        os.chmod(tmp, umask_mode(directory=True))   # mkdtemp makes it 0700
         with quiet_transformers():
             pm.save_pretrained(str(tmp))
             processor.save_pretrained(str(tmp))

@@ -10,7 +10,7 @@ import os, tempfile
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['fsync_path', 'atomic_write', 'atomic_write_text']
+__all__ = ['fsync_path', 'umask_mode', 'atomic_write', 'atomic_write_text']
 
 # %% ../nbs/00a_files.ipynb #cb39e75f
 def fsync_path(path:str|Path):
@@ -20,6 +20,17 @@ def fsync_path(path:str|Path):
     try: os.fsync(fd)
     except OSError: pass
     finally: os.close(fd)
+
+def umask_mode(directory:bool=False # the mode of a folder (0o777 less the umask) rather than a file's (0o666 less it)
+              ) -> int:
+    "The permissions a plain `open()` (or `mkdir`) gives a new file (folder) in this process: full access less the umask."
+    mask = None
+    try:                                  # Linux says it without changing it (os.umask can only be read by setting it)
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): mask = int(line.split()[1], 8)
+    except (OSError, ValueError): pass
+    if mask is None: mask = os.umask(0o022); os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
 
 def atomic_write(path:str|Path, # destination file
                  write          # called with a temporary path in the same folder; must create that file
@@ -31,6 +42,7 @@ def atomic_write(path:str|Path, # destination file
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, umask_mode())       # mkstemp makes it 0600; a result file is as readable as any other file
         fsync_path(tmp)
         os.replace(tmp, path)
         fsync_path(path.parent)

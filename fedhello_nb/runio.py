@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file, load_file
 from .validate import FedHelloError, check_choice
-from .files import fsync_path, atomic_write, atomic_write_text
+from .files import fsync_path, atomic_write, atomic_write_text, umask_mode
 
 # %% auto #0
 __all__ = ['TABLE_FORMATS', 'STREAMS', 'RUN_MARKER', 'LOCK_FILE', 'write_table', 'read_table', 'rng_state', 'set_rng_state',
@@ -107,6 +107,7 @@ def save_checkpoint(run_dir:str|Path, round:int,
     final = root/f'round_{round:06d}'
     tmp = Path(tempfile.mkdtemp(prefix='.round_', dir=root))
     try:
+        os.chmod(tmp, umask_mode(directory=True))   # mkdtemp makes it 0700
         save_file({k: v.detach().cpu().contiguous() for k,v in tensors.items()}, str(tmp/'tensors.safetensors'))
         (tmp/'state.json').write_text(json.dumps({**state, 'round': round}))
         for f in ('tensors.safetensors', 'state.json', ''): fsync_path(tmp/f)
