@@ -13,7 +13,7 @@ from .config import ExperimentConfig, make_config, load_config, apply_overrides,
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'DEFAULT_RUN_DIR', 'COMMANDS', 'build_parser', 'resolve_config', 'cmd_run',
-           'cmd_sweep', 'cmd_report', 'cmd_config', 'cmd_export', 'cmd_predict', 'main']
+           'cmd_sweep', 'cmd_report', 'fields_text', 'cmd_config', 'cmd_export', 'cmd_predict', 'main']
 
 # %% ../nbs/20_cli.ipynb #a611ae44
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2   # success; a run failed after it started; bad input or usage (no round ran)
@@ -158,12 +158,21 @@ def cmd_report(args) -> int:
     print(f'report: {out} (figures in {Path(args.sweep_dir)/"report"}/)')
     return EXIT_OK
 
+def fields_text(width:int=80 # the terminal's columns
+               ) -> str:
+    "Every configuration field as a short block that fits `width` columns: `field  (type, default ...)`, then its meaning."
+    import textwrap
+    out = []
+    for r in config_fields().itertuples():
+        head = f'{r.field}  ({r.type}, default {r.default!r})'
+        out += textwrap.wrap(head, width, subsequent_indent='    ', break_long_words=True)
+        out += textwrap.wrap(r.description or '', width, initial_indent='    ', subsequent_indent='    ', break_on_hyphens=False) + ['']
+    return '\n'.join(out)
+
 def cmd_config(args) -> int:
     "`fedhello config`: the resolved configuration as YAML, or the field table."
     if args.fields:
-        import pandas as pd
-        with pd.option_context('display.max_rows', None, 'display.max_colwidth', 120, 'display.width', 250):
-            print(config_fields().to_string(index=False))
+        print(fields_text(), end='')
         return EXIT_OK
     print(resolve_config(args.config, args.param).to_yaml(), end='')
     return EXIT_OK

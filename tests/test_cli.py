@@ -205,3 +205,16 @@ def test_own_data_options_and_bad_data(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f'fedhello: error: {message}') and err.count('\n') == 1, err
     assert not (tmp_path/'never').exists()
+
+
+def test_examples_are_valid():
+    "Every file in examples/ is a configuration (or a sweep) the schema accepts, as `fedhello config` reads it."
+    from fedhello_nb.batch import load_sweep
+    from fedhello_nb.config import load_config
+    root = Path(__file__).resolve().parents[1]/'examples'
+    files = sorted(root.glob('*.yaml'))
+    assert len(files) >= 4, files
+    for f in files:
+        spec = yaml.safe_load(f.read_text())
+        if 'base' in spec or 'grid' in spec: assert len(load_sweep(f).sets) == 30, f
+        else: assert load_config(f).name == spec['name'], f
