@@ -18,9 +18,10 @@ from .config import ExperimentConfig, make_config, load_config
 from .runio import atomic_write_text, read_table
 
 # %% auto #0
-__all__ = ['KERNEL', 'RUN_RECORD', 'RESULTS_DIR', 'EXECUTED', 'TEMPLATES', 'SWEEP_KEYS', 'notebook_dirs', 'notebook_path',
-           'run_template', 'flatten_params', 'expand_grid', 'run_id', 'SweepSpec', 'load_sweep', 'run_complete',
-           'clear_unresumable', 'execute_run', 'run_sweep', 'SweepResult', 'collect', 'run_report']
+__all__ = ['KERNEL', 'RUN_RECORD', 'RESULTS_DIR', 'EXECUTED', 'TEMPLATES', 'SWEEP_KEYS', 'SUMMARY_METRICS', 'SEED_PARAMS',
+           'notebook_dirs', 'notebook_path', 'run_template', 'flatten_params', 'expand_grid', 'run_id', 'SweepSpec',
+           'load_sweep', 'run_complete', 'clear_unresumable', 'execute_run', 'run_sweep', 'SweepResult', 'collect',
+           'sweep_summary', 'run_report']
 
 # %% ../nbs/21_batch.ipynb #03116f8a
 KERNEL = 'python3'          # the Jupyter kernel papermill starts (the venv's own python)
@@ -325,6 +326,25 @@ def collect(sweep_dir:str|Path,      # a folder written by `run_sweep`
         atomic_write_text(d/'runs.csv', runs.to_csv(index=False))
         atomic_write_text(d/'rounds.csv', long.to_csv(index=False))
     return SweepResult(d, runs, long, params)
+
+# %% ../nbs/21_batch.ipynb #1838cdc7
+SUMMARY_METRICS = {'accuracy_at_best_val': 'acc@best_val', 'accuracy': 'final_acc', 'macro_f1': 'final_f1',
+                   'client_acc_p10': 'client_p10', 'bytes_total': 'MB'}
+SEED_PARAMS = ('train.seed', 'partition.seed', 'allocation.seed')
+
+def sweep_summary(runs:pd.DataFrame # `SweepResult.runs`: one row per run
+                 ) -> pd.DataFrame:
+    "The finished runs by parameter set (seeds pooled): `runs`, and the mean of each of `SUMMARY_METRICS`."
+    ok = runs[runs['status'] == 'ok'].copy()
+    params = [c for c in runs.columns if '.' in c and c not in SEED_PARAMS]
+    metrics = [m for m in SUMMARY_METRICS if m in ok]
+    for m in metrics: ok[m] = pd.to_numeric(ok[m], errors='coerce')
+    if 'bytes_total' in ok: ok['bytes_total'] = ok['bytes_total'] / 1e6
+    if not len(ok): return pd.DataFrame(columns=[*params, 'runs', *(SUMMARY_METRICS[m] for m in metrics)])
+    g = (ok.assign(all='all') if not params else ok).groupby(params or ['all'], dropna=False, sort=False)
+    out = g[metrics].mean().round(4).rename(columns=SUMMARY_METRICS)
+    out.insert(0, 'runs', g.size())
+    return out.reset_index()
 
 # %% ../nbs/21_batch.ipynb #87f1730a
 def run_report(sweep_dir:str|Path,            # a folder written by `run_sweep`

@@ -140,6 +140,12 @@ def cmd_run(args) -> int:
     _print_results(run_dir, json.loads((run_dir/'summary.json').read_text()))
     return EXIT_OK
 
+def _print_summary(runs):
+    "The sweep's finished runs by parameter set (`sweep_summary`), as a plain table."
+    from fedhello_nb.batch import sweep_summary
+    table = sweep_summary(runs)
+    if len(table): print(table.to_string(index=False))
+
 def cmd_sweep(args) -> int:
     "`fedhello sweep`: every unfinished run of a sweep file, then the collected table."
     from fedhello_nb.batch import load_sweep, run_sweep
@@ -149,13 +155,15 @@ def cmd_sweep(args) -> int:
     n_ok = int((res.runs['status'] == 'ok').sum())
     print(f'{n_ok}/{len(res.runs)} runs ok; results: {out}/runs.csv (one row per run), {out}/rounds.csv (per round)')
     for _, r in res.failed.iterrows(): print(f"failed: {r['run']}: {r['error']}", file=sys.stderr)
+    _print_summary(res.runs)
     return EXIT_OK if res.ok else EXIT_FAILED
 
 def cmd_report(args) -> int:
     "`fedhello report`: execute the report notebook on a sweep folder."
-    from fedhello_nb.batch import run_report
+    from fedhello_nb.batch import run_report, collect
     out = run_report(args.sweep_dir, args.out)
     print(f'report: {out} (figures in {Path(args.sweep_dir)/"report"}/)')
+    _print_summary(collect(args.sweep_dir, write=False).runs)
     return EXIT_OK
 
 def fields_text(width:int=80 # the terminal's columns

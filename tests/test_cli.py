@@ -118,6 +118,8 @@ def test_sweep_exit_code_on_failure(tmp_path):
     r = fedhello('sweep', tmp_path/'s.yaml', '--direct', '--out', tmp_path/'out', '--quiet')
     assert r.returncode == 1
     assert '1/2 runs ok' in r.stdout and 'failed: source-no-such-folder' in r.stderr
+    head = next(l for l in r.stdout.splitlines() if 'acc@best_val' in l)   # the summary table: the one finished run
+    assert head.split()[:3] == ['allocation.strategy', 'data.source', 'runs'] and 'rgd' in r.stdout.splitlines()[-1]
     assert (tmp_path/'out'/'runs.csv').is_file()
 
 
