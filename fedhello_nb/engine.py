@@ -647,6 +647,20 @@ class RunResult:
         out = {c: int(self.rounds[c].sum()) for c in COMMUNICATION_COLUMNS if c in self.rounds}
         return {**out, 'bytes_total': out.get('bytes_down', 0) + out.get('bytes_up', 0)}
 
+def _round_axis(ax, rounds:pd.DataFrame|None=None):
+    "Rounds on the x axis as in the tables (from 0, integer ticks), and a line where the schedule switches phase (RGD to FIM)."
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel('round (as in rounds.csv, from 0)')
+    if rounds is not None and 'phase' in rounds and rounds['phase'].nunique() > 1:
+        ph = rounds['phase'].astype(str).tolist()
+        for k in range(1, len(ph)):
+            if ph[k] != ph[k - 1]:
+                r = rounds['round'].iloc[k]
+                ax.axvline(r - .5, color='grey', ls='--', lw=.8)
+                ax.annotate(f'{ph[k - 1]} \u2192 {ph[k]}', (r - .5, 1), xycoords=('data', 'axes fraction'),
+                            fontsize=7, ha='left', va='top', color='grey')
+
 def _plot_evaluated(rounds:pd.DataFrame, metric:str, x:pd.Series, xlabel:str, ax, title, label):
     "`metric` of the evaluated rounds against `x` (one value per round): the line of `plot_metric` and `plot_communication`."
     import matplotlib.pyplot as plt
@@ -655,25 +669,27 @@ def _plot_evaluated(rounds:pd.DataFrame, metric:str, x:pd.Series, xlabel:str, ax
     ev = rounds[metric].notna()
     ax.plot(x[ev], rounds.loc[ev, metric], marker='o', ms=3, label=label)
     ax.set_xlabel(xlabel); ax.set_ylabel(metric); ax.grid(alpha=.3)
+    if xlabel == 'round': _round_axis(ax, rounds)
     if title: ax.set_title(title)
     ax.figure.tight_layout()
     return ax.figure
 
 def plot_metric(rounds:pd.DataFrame, metric:str='accuracy', ax=None, title:str|None=None, label:str|None=None):
     "Line plot of `metric` over the evaluated rounds; returns the figure."
-    return _plot_evaluated(rounds, metric, rounds['round'] + 1, 'round', ax, title, label)
+    return _plot_evaluated(rounds, metric, rounds['round'], 'round', ax, title, label)
 
 def plot_client_spread(rounds:pd.DataFrame, ax=None, title:str|None=None):
     "The clients' local test accuracy per evaluated round: mean with its standard deviation, 10th percentile, worst."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(5, 3))
     ev = rounds.dropna(subset=['client_acc_mean'])
-    x = ev['round'] + 1
+    x = ev['round']
     ax.plot(x, ev['client_acc_mean'], marker='o', ms=3, label='mean')
     ax.fill_between(x, ev['client_acc_mean'] - ev['client_acc_std'], ev['client_acc_mean'] + ev['client_acc_std'], alpha=.2, label='± std')
     ax.plot(x, ev['client_acc_p10'], ls='--', label='10th percentile')
     ax.plot(x, ev['client_acc_min'], ls=':', label='worst client')
-    ax.set_xlabel('round'); ax.set_ylabel('local test accuracy'); ax.grid(alpha=.3); ax.legend(fontsize=7)
+    ax.set_ylabel('local test accuracy'); ax.grid(alpha=.3); ax.legend(fontsize=7)
+    _round_axis(ax, rounds)
     if title: ax.set_title(title)
     ax.figure.tight_layout()
     return ax.figure
@@ -685,8 +701,9 @@ def plot_trainers(rounds:pd.DataFrame, ax=None, title:str|None=None):
     if ax is None: _, ax = plt.subplots(figsize=(5, 3))
     m = rounds[cols].to_numpy().T
     im = ax.imshow(m, aspect='auto', origin='lower', cmap='viridis', interpolation='nearest',
-                   extent=(rounds['round'].min() + .5, rounds['round'].max() + 1.5, -.5, len(cols) - .5))
-    ax.set_xlabel('round'); ax.set_ylabel('layer (block)')
+                   extent=(rounds['round'].min() - .5, rounds['round'].max() + .5, -.5, len(cols) - .5))
+    ax.set_ylabel('layer (block)')
+    _round_axis(ax, rounds)
     ax.figure.colorbar(im, ax=ax, label='clients training it')
     if title: ax.set_title(title)
     ax.figure.tight_layout()

@@ -355,7 +355,7 @@ class AllocationExplorer(Panel):
         # arguments are checked like the configuration fields they stand for, before a widget could clamp or refuse them
         check_choice('strategy', strategy, list(ALLOCATION_PANEL_STRATEGIES.values()))
         given = {'clients.capacities': capacities, 'clients.fractions': fractions, 'allocation.custom_order': custom_order}
-        check_fields({'allocation.pattern': pattern, 'clients.num_clients': num_clients, 'train.seed': seed,
+        check_fields({'allocation.pattern': pattern, 'clients.num_clients': num_clients, 'allocation.seed': seed,
                       'allocation.fim_mapping': mapping, 'train.batch_size': batch,
                       **{k: list(v) if isinstance(v, (list, tuple, np.ndarray)) else v for k, v in given.items() if v is not None}})
         check_int('round', round, ge=0); check_int('seq_len', seq_len, ge=1)
