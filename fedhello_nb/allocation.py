@@ -222,6 +222,10 @@ def plot_allocation(amap:AllocationMap,  # the map to draw
     ax.set_yticks(range(len(amap.clients)), [str(c) for c in amap.clients])
     ax.set_xlabel('layer (0 = input side)'); ax.set_ylabel('client')
     ax.tick_params(labelsize=7)
+    import matplotlib
+    from matplotlib.patches import Patch
+    ax.legend(handles=[Patch(color=matplotlib.colormaps['Greys'](1 / 1.25), label='trained'), Patch(facecolor='white', edgecolor='0.6', label='frozen')],
+              fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1), frameon=False)
     if title: ax.set_title(title, fontsize=9)
     return fig
 

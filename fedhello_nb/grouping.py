@@ -288,6 +288,9 @@ def plot(self:Grouping, max_groups:int=12, # plot at most this many groups
         ax.plot(x, glob, 'k.-', lw=1, label='global')
         ax.set_title(f'group {g}: {self.sizes[g]} clients, KL {self.kl[g]:.3f}', fontsize=8)
         ax.tick_params(labelsize=7)
+        if len(x) <= 20: ax.set_xticks(x, [str(c) for c in self.classes], rotation=90)   # the class names, when they fit
+        ax.set_xlabel('class', fontsize=7)
+    for row in axes: row[0].set_ylabel("share of the group's rows", fontsize=7)
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f'{self.method} grouping, J = {self.objective:.4f}', fontsize=10)
     fig.tight_layout()

@@ -532,7 +532,8 @@ class AllocationExplorer(Panel):
         plot_allocation(self.allocation, ax=axs[0], title=f'{name}: map of round {self.round.value}')
         plot_counts(self.allocation, ax=axs[1], target=self.gd_allocation.counts,
                     labels=(f'{name} count', 'GD target'), title=f'collective counts, {K} clients')
-        plot_profile(self.profile, ax=axs[2], title='RGD expected vs GD target (per 100 clients)')
+        label = {v: k for k, v in ALLOCATION_PANEL_STRATEGIES.items()}[name]
+        plot_profile(self.profile, ax=axs[2], title=f'{label} expected vs GD target (per 100 clients)')
         if self.expected is not None:
             axs[2].plot(range(L), self.expected, 's--', color='C0', ms=3, lw=1, label=f'{name} expected')
             axs[2].legend(fontsize=7, loc='upper center', ncol=3, frameon=False)
