@@ -887,7 +887,11 @@ class MemoryExplorer(Panel):
         ax1, ax2 = fig.subplots(1, 2, gridspec_kw={'width_ratios': [2.2, 1]})
         plot_memory(self.memory_table, v, ax=ax1, title=f'{self.model.value}: estimated {v} per allocation, batch {self.batch.value}')
         if v == 'peak' and self.budget_table is not None:
-            for x in self.budget_table['budget_bytes'].unique(): ax1.axhline(x / 2 ** 20, color='k', lw=0.8, ls=':')
+            # each budget as a labelled line, in the axis' unit: '40MB' is 38.1 MiB
+            for name, x in self.budget_table.drop_duplicates('budget')[['budget', 'budget_bytes']].itertuples(index=False):
+                ax1.axhline(x / 2 ** 20, color='k', lw=0.8, ls=':')
+                ax1.annotate(f'budget {name} = {x / 2 ** 20:.1f} MiB', (1, x / 2 ** 20), xycoords=('axes fraction', 'data'),
+                             fontsize=7, ha='right', va='bottom')
         plot_depth(est, self.batch.value, ax=ax2, **self._kw)
         ax2.set_title('cost is set by the shallowest trained block', fontsize=9)
         fig.tight_layout()
