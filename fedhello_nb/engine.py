@@ -658,7 +658,7 @@ def _round_axis(ax, rounds:pd.DataFrame|None=None):
             if ph[k] != ph[k - 1]:
                 r = rounds['round'].iloc[k]
                 ax.axvline(r - .5, color='grey', ls='--', lw=.8)
-                ax.annotate(f'{ph[k - 1]} \u2192 {ph[k]}', (r - .5, 1), xycoords=('data', 'axes fraction'),
+                ax.annotate(f'{ph[k - 1]} \u2192 {ph[k]}', (r - .5, 1), xycoords=('data', 'axes fraction'), xytext=(3, -3), textcoords='offset points',
                             fontsize=7, ha='left', va='top', color='grey')
 
 def _plot_evaluated(rounds:pd.DataFrame, metric:str, x:pd.Series, xlabel:str, ax, title, label):
