@@ -100,7 +100,7 @@ def _print_results(run_dir:Path, summary:dict, out=None):
         print(f"final accuracy: {final['accuracy']:.4f}{f1_text} after {int(final['round']) + 1} rounds", file=out)
     best = summary.get('best_val') or {}
     if best.get('accuracy') is not None:
-        print(f"chosen on validation: round {int(best['round']) + 1}, test accuracy {best['accuracy']:.4f}"
+        print(f"chosen on validation: round {int(best['round'])} (as in rounds.csv), test accuracy {best['accuracy']:.4f}"
               + (f", worst client {best['client_acc_min']:.4f}" if best.get('client_acc_min') is not None else ''), file=out)
     from fedhello_nb.trackers import TENSORBOARD_FOLDER, MLFLOW_DB   # here: the module imports torch, `fedhello --help` need not
     comm = summary.get('communication') or {}
@@ -191,7 +191,7 @@ def cmd_export(args) -> int:
     to = export_run(args.run_dir, args.to, args.which, merged=args.merged, overwrite=args.overwrite)
     m = json.loads((to/EXPORT_MANIFEST).read_text())
     acc = m['figures'].get('accuracy')
-    print(f"exported {m['which']} (round {m['round'] + 1}" + (f', test accuracy {acc:.4f}' if acc is not None else '') +
+    print(f"exported {m['which']} (round {m['round']} as in rounds.csv" + (f', test accuracy {acc:.4f}' if acc is not None else '') +
           f") to {to}/: adapter_config.json, adapter_model.safetensors, {EXPORT_MANIFEST}" + (', merged/' if m['merged'] else ''))
     return EXIT_OK
 

@@ -97,7 +97,7 @@ def test_export_then_predict_and_reload_with_peft_alone(tmp_path):
     run, exp = tmp_path/'run', tmp_path/'export'
     assert fedhello('run', *TINY, '-p', 'train.rounds', '1', '--out', run, '--quiet').returncode == 0
     r = fedhello('export', run, '--to', exp, '--which', 'final')
-    assert r.returncode == 0 and r.stdout.startswith('exported final (round 1'), r.stderr
+    assert r.returncode == 0 and r.stdout.startswith('exported final (round 0 as in rounds.csv'), r.stdout + r.stderr
     code = subprocess.run([sys.executable, '-c', PEFT_ONLY, str(exp), str(run)], capture_output=True, text=True,
                           env={**os.environ, 'HF_HUB_OFFLINE': '1'}, timeout=300)
     assert code.returncode == 0, code.stderr
