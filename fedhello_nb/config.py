@@ -190,6 +190,9 @@ class TrainConfig(_Section):
     lr: float = Field(5e-3, gt=0, description="AdamW learning rate (the release: 0.01).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     grad_clip: Optional[float] = Field(None, gt=0, description="Clip the gradient norm to this value; None does not clip.")
+    clip_update_norm: Optional[float] = Field(None, gt=0, description=
+        "Bound each client's update (every tensor it sends, one L2 norm) to this norm before aggregation, so that one "
+        "client's huge but finite update cannot wreck the model; None does not bound. clients.csv records each norm.")
     weights: Literal['data', 'uniform'] = Field('data', description="Aggregation weights: client sample counts, or 1 each (the release).")
     head: Literal['average', 'frozen'] = Field('average', description="Average the classification head over clients, or keep it frozen (the release).")
     seed: int = Field(0, ge=0, description="Seed of client selection, batches, dropout and the head's initialisation.")

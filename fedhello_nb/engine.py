@@ -39,10 +39,10 @@ __all__ = ['FIM_STRATEGIES', 'HELD_OUT_PER_CLIENT', 'PARAM_FIELDS', 'COMMUNICATI
            'select_clients', 'draw_failures', 'TrainInstruction', 'rejection_reason', 'log_rejection',
            'LayerwiseStrategy', 'train_client', 'load_task', 'config_errors', 'resolve_device', 'Federation',
            'build_strategy', 'client_update_of', 'RoundPlan', 'plan_round', 'payload_bytes', 'client_row', 'Reply',
-           'InProcessRuntime', 'finish_round', 'run_round', 'run_title', 'evaluated_models', 'RoundEvaluation',
-           'evaluate_round', 'has_global_model', 'global_model_info', 'save_global_model', 'prediction_table',
-           'strict_json', 'RunResult', 'plot_metric', 'plot_client_spread', 'plot_trainers', 'cumulative_bytes',
-           'plot_communication', 'run_experiment']
+           'InProcessRuntime', 'finish_round', 'update_norm', 'bound_update', 'run_round', 'run_title',
+           'evaluated_models', 'RoundEvaluation', 'evaluate_round', 'has_global_model', 'global_model_info',
+           'save_global_model', 'prediction_table', 'strict_json', 'RunResult', 'plot_metric', 'plot_client_spread',
+           'plot_trainers', 'cumulative_bytes', 'plot_communication', 'run_experiment']
 
 # %% ../nbs/13_engine.ipynb #b9cee4f2
 def derived_seed(*keys:int) -> int:
@@ -403,7 +403,8 @@ def client_row(fed:Federation, ins:TrainInstruction,
             'blocks': ' '.join(map(str, ins.blocks)), 'num_blocks': len(ins.blocks),
             'shallowest': min(ins.blocks) if ins.blocks else -1, 'samples': len(fed.client_indices(ins.client)),
             **({} if ins.rank is None else {'rank': ins.rank}), 'status': status, 'steps': steps, 'loss': loss,
-            'seconds': seconds, 'bytes_down': bytes_down, 'bytes_up': bytes_up, 'error': error, **extra}
+            'seconds': seconds, 'bytes_down': bytes_down, 'bytes_up': bytes_up, 'error': error,
+            'update_norm': float('nan'), 'clipped': 0, **extra}
 
 
 # %% ../nbs/13_engine.ipynb #555eebf6
@@ -460,6 +461,24 @@ def finish_round(fed:Federation, plan:RoundPlan, state:dict[str, torch.Tensor],
 
 
 # %% ../nbs/13_engine.ipynb #9dfa484b
+def update_norm(u:ClientUpdate) -> float:
+    "The L2 norm of everything the update sends (all its tensors as one vector)."
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in u.delta.values()))
+
+def bound_update(u:ClientUpdate,
+                 max_norm:float|None, # `train.clip_update_norm`; None only records the norm
+                 row:dict|None=None   # the client's row: `update_norm` (the largest of its replies) and `clipped` (how many)
+                ) -> ClientUpdate:
+    "`u` scaled down to `max_norm` when its norm is larger (robust to one client's huge finite update), else `u` itself."
+    norm = update_norm(u)
+    clip = max_norm is not None and norm > max_norm
+    if row is not None:
+        row['update_norm'] = norm if math.isnan(row.get('update_norm', float('nan'))) else max(row['update_norm'], norm)
+        row['clipped'] = row.get('clipped', 0) + int(clip)
+    if not clip: return u
+    scale = max_norm / norm
+    return ClientUpdate(u.client, {k: (t * scale).to(t.dtype) for k, t in u.delta.items()}, u.num_samples, u.metrics)
+
 def _merge_reply(fed:Federation, round:int, ins:TrainInstruction, r:Reply, rows:dict, losses:dict,
                 sent:int                 # bytes of the task's message (`payload_bytes` of its start state and the broadcast)
                ) -> ClientUpdate|None:
@@ -483,7 +502,7 @@ def _merge_reply(fed:Federation, round:int, ins:TrainInstruction, r:Reply, rows:
         log_rejection(round, k, reason)
         row.update(status='rejected', error=reason)
         return None
-    return u
+    return bound_update(u, fed.config.train.clip_update_norm, row)
 
 def run_round(fed:Federation, round:int, state:dict[str, torch.Tensor],
               runtime=None                 # who trains: `InProcessRuntime()` (default) or the Flower chapter's `FlowerRuntime`
