@@ -190,6 +190,9 @@ class TrainConfig(_Section):
     lr: float = Field(5e-3, gt=0, description="AdamW learning rate (the release: 0.01).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     grad_clip: Optional[float] = Field(None, gt=0, description="Clip the gradient norm to this value; None does not clip.")
+    prox_mu: float = Field(0.0, ge=0, description=
+        "FedProx's mu: each client's loss gets mu/2 * ||w - w_start||^2 over the tensors it trains, which keeps "
+        "heterogeneous clients near the model they started from; 0 trains without it.")
     clip_update_norm: Optional[float] = Field(None, gt=0, description=
         "Bound each client's update (every tensor it sends, one L2 norm) to this norm before aggregation, so that one "
         "client's huge but finite update cannot wreck the model; None does not bound. clients.csv records each norm.")

@@ -173,14 +173,18 @@ def train_client(fm:FedLoraModel,                     # the shared model (its st
     model = fm.model
     model.train()
     steps, losses, it = local.steps_for(n), [], iter(loader)
+    # FedProx: the start of the round, as an anchor for mu/2 ||w - w_start||^2
+    anchor = {k: global_state[k].to(device, p.dtype) for k, p in params.items()} if local.prox_mu > 0 else None
     for _ in range(steps):
         try: batch = next(it)
         except StopIteration: it = iter(loader); batch = next(it)
         batch = {k: v.to(device) for k,v in batch.items()}
         labels = batch.pop('labels')
         loss = F.cross_entropy(model(**batch).logits, labels)
-        losses.append(loss.item())
+        losses.append(loss.item())                  # the task's loss; the proximal term is not part of it
         if not math.isfinite(losses[-1]): break     # the server will reject this update
+        if anchor is not None:
+            loss = loss + local.prox_mu / 2 * sum((p - anchor[k]).pow(2).sum() for k, p in params.items())
         loss.backward()
         if local.grad_clip is not None: torch.nn.utils.clip_grad_norm_(params.values(), local.grad_clip)
         opt.step()
