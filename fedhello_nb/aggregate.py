@@ -13,7 +13,7 @@ import torch
 from .validate import FedHelloError, check_choice, check_number
 
 # %% auto #0
-__all__ = ['AGGREGATION_WEIGHTS', 'ClientUpdate', 'client_weight', 'layerwise_average']
+__all__ = ['AGGREGATION_WEIGHTS', 'SERVER_OPTIMIZERS', 'ClientUpdate', 'client_weight', 'layerwise_average', 'ServerOptimizer']
 
 # %% ../nbs/07_aggregate.ipynb #418979ca
 @dataclass
@@ -61,3 +61,48 @@ def layerwise_average(state:dict[str, torch.Tensor],    # the current global ten
         t = state[name]
         new[name] = (t.to(torch.float64) + s / totals[name]).to(t.dtype)
     return new, counts
+
+# %% ../nbs/07_aggregate.ipynb #161807f6
+SERVER_OPTIMIZERS = ('fedavg', 'fedadam', 'fedyogi', 'fedadagrad')
+
+class ServerOptimizer:
+    "FedAdam, FedYogi or FedAdagrad on the pseudo-gradient of each tensor some client trained (moments kept per tensor)."
+    def __init__(self,
+                 name:str='fedadam',  # 'fedadam', 'fedyogi' or 'fedadagrad'
+                 lr:float=1e-3,       # eta, the server learning rate
+                 beta1:float=0.9,     # first-moment decay
+                 beta2:float=0.99,    # second-moment decay (FedAdam, FedYogi)
+                 tau:float=1e-3       # adaptivity: added to sqrt(v)
+                ):
+        self.name = check_choice('name', name, SERVER_OPTIMIZERS[1:])
+        self.lr, self.tau = check_number('lr', lr, gt=0), check_number('tau', tau, gt=0)
+        self.beta1, self.beta2 = check_number('beta1', beta1, ge=0, lt=1), check_number('beta2', beta2, ge=0, lt=1)
+        self.m: dict[str, torch.Tensor] = {}
+        self.v: dict[str, torch.Tensor] = {}
+
+    def step(self, state:dict[str, torch.Tensor],    # the global tensors before the round
+             averaged:dict[str, torch.Tensor],        # what FedAvg would make of them (`layerwise_average`)
+             trained:Sequence[str]                    # the tensors some client trained this round
+            ) -> dict[str, torch.Tensor]:
+        "The new global state: each trained tensor takes one optimiser step on its pseudo-gradient; the others stay."
+        new = dict(state)
+        for k in trained:
+            d = averaged[k].to(torch.float64) - state[k].to(torch.float64)
+            m = self.beta1 * self.m.get(k, torch.zeros_like(d)) + (1 - self.beta1) * d
+            v, d2 = self.v.get(k, torch.zeros_like(d)), d * d
+            if self.name == 'fedadam': v = self.beta2 * v + (1 - self.beta2) * d2
+            elif self.name == 'fedyogi': v = v - (1 - self.beta2) * d2 * torch.sign(v - d2)
+            else: v = v + d2
+            self.m[k], self.v[k] = m, v
+            new[k] = (state[k].to(torch.float64) + self.lr * m / (v.sqrt() + self.tau)).to(state[k].dtype)
+        return new
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        "The moments, for a checkpoint (`m/<tensor>`, `v/<tensor>`, float64)."
+        return {**{f'm/{k}': t for k, t in self.m.items()}, **{f'v/{k}': t for k, t in self.v.items()}}
+
+    def load_state_tensors(self, tensors:dict[str, torch.Tensor]):
+        "Restore what `state_tensors` saved."
+        self.m = {k[2:]: t.to(torch.float64) for k, t in tensors.items() if k.startswith('m/')}
+        self.v = {k[2:]: t.to(torch.float64) for k, t in tensors.items() if k.startswith('v/')}
+        return self

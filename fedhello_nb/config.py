@@ -193,6 +193,13 @@ class TrainConfig(_Section):
     prox_mu: float = Field(0.0, ge=0, description=
         "FedProx's mu: each client's loss gets mu/2 * ||w - w_start||^2 over the tensors it trains, which keeps "
         "heterogeneous clients near the model they started from; 0 trains without it.")
+    server_optimizer: Literal['fedavg', 'fedadam', 'fedyogi', 'fedadagrad'] = Field('fedavg', description=
+        "How the server applies the clients' mean change: FedAvg, or an adaptive optimiser on that pseudo-gradient, "
+        "per tensor some client trained (layer-allocation strategies).")
+    server_lr: float = Field(1e-3, gt=0, description="eta of the adaptive server optimisers.")
+    server_beta1: float = Field(0.9, ge=0, lt=1, description="First-moment decay of the adaptive server optimisers.")
+    server_beta2: float = Field(0.99, ge=0, lt=1, description="Second-moment decay of FedAdam and FedYogi.")
+    server_tau: float = Field(1e-3, gt=0, description="Adaptivity tau of the adaptive server optimisers (added to sqrt(v)).")
     clip_update_norm: Optional[float] = Field(None, gt=0, description=
         "Bound each client's update (every tensor it sends, one L2 norm) to this norm before aggregation, so that one "
         "client's huge but finite update cannot wreck the model; None does not bound. clients.csv records each norm.")
@@ -261,6 +268,10 @@ class ExperimentConfig(_Section):
     @model_validator(mode='after')
     def _cross_checks(self):
         c = self.clients
+        if self.train.server_optimizer != 'fedavg' and self.allocation.strategy not in STRATEGIES:
+            raise FedHelloError('train.server_optimizer', self.train.server_optimizer,
+                                f'composes with the layer-allocation strategies {list(STRATEGIES)}; '
+                                f'allocation.strategy={self.allocation.strategy!r} aggregates in its own way (use fedavg)')
         if self.data.text_column is not None and self.data.text_columns is not None:
             raise FedHelloError('data.text_columns', self.data.text_columns, 'expected either text_column or text_columns, not both')
         if c.per_round > c.num_clients:

@@ -22,7 +22,7 @@ from .data import MEMORY_SOURCE, TaskData, load_data, make_dataset, make_loader
 from .partition import partition, held_out_rows
 from .model import FedLoraModel, TINY_MODEL_NAMES, resolve_model, model_kind
 from .allocation import AllocationMap, AllocationStrategy, CapacityPlan, strategy_from_config
-from .aggregate import ClientUpdate, layerwise_average
+from .aggregate import ClientUpdate, ServerOptimizer, layerwise_average
 from .fim import proxy_indices, scorer_from_config
 from .metrics import (Predictions, predict, scores, evaluate, macro_f1, client_scores, client_spread,
                                  SPREAD_FIGURES, per_class, confusion, plot_confusion)
@@ -120,9 +120,10 @@ class LayerwiseStrategy:
                  train:TrainConfig,             # the run's `train` section (local steps, batch size, optimiser)
                  weights:str='data',            # aggregation weights: 'data' (n_k) or 'uniform'
                  head:str='average',            # 'average' the head over clients, or keep it 'frozen'
-                 seed:int=0                     # seeds the per-client instruction seeds
+                 seed:int=0,                    # seeds the per-client instruction seeds
+                 server:ServerOptimizer|None=None # an adaptive server optimiser on the averaged change; None is FedAvg
                 ):
-        self.allocation, self.plan, self.train = allocation, plan, train
+        self.allocation, self.plan, self.train, self.server = allocation, plan, train, server
         self.weights = check_choice('weights', weights, ('data', 'uniform'))
         self.head = check_choice('head', head, ('average', 'frozen'))
         self.seed = seed
@@ -143,10 +144,15 @@ class LayerwiseStrategy:
                        ) -> tuple[dict[str, torch.Tensor], dict]:
         "Average the accepted updates layer by layer (the round has already refused non-finite ones): (new state, info)."
         new, counts = layerwise_average(state, updates, self.weights)
+        if self.server is not None: new = self.server.step(state, new, [k for k, n in counts.items() if n > 0])
         return new, {'aggregated': [u.client for u in updates], 'contributors': counts}
 
     def state_dict(self) -> dict: return {'allocation': self.allocation.state_dict()}
     def load_state_dict(self, state:dict): self.allocation.load_state_dict(state['allocation']); return self
+    def state_tensors(self) -> dict: return {} if self.server is None else self.server.state_tensors()
+    def load_state_tensors(self, tensors:dict):
+        if self.server is not None: self.server.load_state_tensors(tensors)
+        return self
 
 # %% ../nbs/13_engine.ipynb #4ddfea0a
 def train_client(fm:FedLoraModel,                     # the shared model (its state is overwritten)
@@ -349,8 +355,10 @@ def build_strategy(fed:Federation):
         from fedhello_nb.ladder import build_strategy as build_ladder_strategy
         return build_ladder_strategy(fed)
     scorer = _fim_scorer(cfg, fed.proxy_set, fed.device) if fed.proxy_set is not None else None
+    server = None if tr.server_optimizer == 'fedavg' else ServerOptimizer(
+        tr.server_optimizer, tr.server_lr, tr.server_beta1, tr.server_beta2, tr.server_tau)
     return LayerwiseStrategy(strategy_from_config(cfg, fed.num_blocks, scorer), fed.plan, tr,
-                             weights=tr.weights, head=tr.head, seed=tr.seed)
+                             weights=tr.weights, head=tr.head, seed=tr.seed, server=server)
 
 def _fim_scorer(cfg:ExperimentConfig, proxy_set, device):
     "The FIM scorer the allocation strategy calls with the model holding the global state."
