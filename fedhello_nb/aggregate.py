@@ -13,7 +13,8 @@ import torch
 from .validate import FedHelloError, check_choice, check_number
 
 # %% auto #0
-__all__ = ['AGGREGATION_WEIGHTS', 'SERVER_OPTIMIZERS', 'ClientUpdate', 'client_weight', 'layerwise_average', 'ServerOptimizer']
+__all__ = ['AGGREGATION_WEIGHTS', 'ROBUST_RULES', 'SERVER_OPTIMIZERS', 'ClientUpdate', 'client_weight', 'layerwise_average',
+           'robust_layerwise', 'ServerOptimizer']
 
 # %% ../nbs/07_aggregate.ipynb #418979ca
 @dataclass
@@ -60,6 +61,29 @@ def layerwise_average(state:dict[str, torch.Tensor],    # the current global ten
     for name, s in sums.items():
         t = state[name]
         new[name] = (t.to(torch.float64) + s / totals[name]).to(t.dtype)
+    return new, counts
+
+# %% ../nbs/07_aggregate.ipynb #948e88ea
+ROBUST_RULES = ('median', 'trimmed_mean')
+
+def robust_layerwise(state:dict[str, torch.Tensor],  # the current global tensors, by name
+                     updates:Sequence[ClientUpdate], # the replies of this round
+                     rule:str='median',              # 'median' or 'trimmed_mean', coordinate-wise
+                     trim:float=0.1                  # trimmed_mean: share dropped at each end (floor(trim * k) values)
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    "Each tensor moves by the coordinate-wise median (or trimmed mean) of the changes of the clients that trained it."
+    check_choice('rule', rule, ROBUST_RULES)
+    trim = check_number('trim', trim, ge=0, lt=0.5)
+    _, counts = layerwise_average(state, updates)        # the same checks of names and shapes, and the contributors
+    new = dict(state)
+    for name in counts:
+        d = torch.stack([u.delta[name].detach().to(torch.float64) for u in updates if name in u.delta]).sort(dim=0).values
+        k = d.shape[0]
+        if rule == 'median': step = (d[(k - 1) // 2] + d[k // 2]) / 2
+        else:
+            cut = int(math.floor(trim * k))
+            step = d[cut:k - cut].mean(0)
+        new[name] = (state[name].to(torch.float64) + step).to(state[name].dtype)
     return new, counts
 
 # %% ../nbs/07_aggregate.ipynb #161807f6

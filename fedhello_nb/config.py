@@ -193,6 +193,10 @@ class TrainConfig(_Section):
     prox_mu: float = Field(0.0, ge=0, description=
         "FedProx's mu: each client's loss gets mu/2 * ||w - w_start||^2 over the tensors it trains, which keeps "
         "heterogeneous clients near the model they started from; 0 trains without it.")
+    aggregation: Literal['mean', 'median', 'trimmed_mean'] = Field('mean', description=
+        "How each layer combines the changes of its clients: their weighted mean (Eq. 3), or the coordinate-wise median "
+        "or trimmed mean (robust to a few outlying clients; layer-allocation strategies).")
+    trim_fraction: float = Field(0.1, ge=0, lt=0.5, description="trimmed_mean: share of the values dropped at each end.")
     server_optimizer: Literal['fedavg', 'fedadam', 'fedyogi', 'fedadagrad'] = Field('fedavg', description=
         "How the server applies the clients' mean change: FedAvg, or an adaptive optimiser on that pseudo-gradient, "
         "per tensor some client trained (layer-allocation strategies).")
@@ -268,10 +272,11 @@ class ExperimentConfig(_Section):
     @model_validator(mode='after')
     def _cross_checks(self):
         c = self.clients
-        if self.train.server_optimizer != 'fedavg' and self.allocation.strategy not in STRATEGIES:
-            raise FedHelloError('train.server_optimizer', self.train.server_optimizer,
-                                f'composes with the layer-allocation strategies {list(STRATEGIES)}; '
-                                f'allocation.strategy={self.allocation.strategy!r} aggregates in its own way (use fedavg)')
+        for name, value, plain in (('server_optimizer', self.train.server_optimizer, 'fedavg'),
+                                   ('aggregation', self.train.aggregation, 'mean')):
+            if value != plain and self.allocation.strategy not in STRATEGIES:
+                raise FedHelloError(f'train.{name}', value, f'composes with the layer-allocation strategies {list(STRATEGIES)}; '
+                                    f'allocation.strategy={self.allocation.strategy!r} aggregates in its own way (use {plain})')
         if self.data.text_column is not None and self.data.text_columns is not None:
             raise FedHelloError('data.text_columns', self.data.text_columns, 'expected either text_column or text_columns, not both')
         if c.per_round > c.num_clients:

@@ -22,7 +22,7 @@ from .data import MEMORY_SOURCE, TaskData, load_data, make_dataset, make_loader
 from .partition import partition, held_out_rows
 from .model import FedLoraModel, TINY_MODEL_NAMES, resolve_model, model_kind
 from .allocation import AllocationMap, AllocationStrategy, CapacityPlan, strategy_from_config
-from .aggregate import ClientUpdate, ServerOptimizer, layerwise_average
+from .aggregate import ClientUpdate, ServerOptimizer, layerwise_average, robust_layerwise
 from .fim import proxy_indices, scorer_from_config
 from .metrics import (Predictions, predict, scores, evaluate, macro_f1, client_scores, client_spread,
                                  SPREAD_FIGURES, per_class, confusion, plot_confusion)
@@ -113,7 +113,7 @@ def log_rejection(round:int,  # the round
     _log.warning('round %d: client %d rejected: %s', round, client, reason)
 
 class LayerwiseStrategy:
-    "Fed-HeLLo's round: allocation -> per-client instructions; replies -> layer-wise average."
+    "Fed-HeLLo's round: allocation -> per-client instructions; replies -> layer-wise average (or median, trimmed mean)."
     def __init__(self,
                  allocation:AllocationStrategy, # decides which blocks each client trains
                  plan:CapacityPlan,             # each client's capacity
@@ -143,7 +143,9 @@ class LayerwiseStrategy:
     def aggregate_train(self, round:int, state:dict[str, torch.Tensor], updates:Sequence[ClientUpdate]
                        ) -> tuple[dict[str, torch.Tensor], dict]:
         "Average the accepted updates layer by layer (the round has already refused non-finite ones): (new state, info)."
-        new, counts = layerwise_average(state, updates, self.weights)
+        rule = self.train.aggregation
+        new, counts = (layerwise_average(state, updates, self.weights) if rule == 'mean' else
+                       robust_layerwise(state, updates, rule, self.train.trim_fraction))
         if self.server is not None: new = self.server.step(state, new, [k for k, n in counts.items() if n > 0])
         return new, {'aggregated': [u.client for u in updates], 'contributors': counts}
 
