@@ -87,6 +87,9 @@ class DataConfig(_Section):
         "The classes in order: the labels are these names or their positions 0..C-1 (readable names for integer labels).")
     test_fraction: float = Field(0.2, gt=0, lt=1, description=
         "Share of each class held out as the test split when the source has none.")
+    token_cache: bool = Field(True, description=
+        "Keep tokenised splits on disk (FEDHELLO_CACHE, default ~/.cache/fedhello_nb/tokens), keyed by the tokenizer, "
+        "max_length and the texts, so that reruns and sweeps do not tokenise again.")
     image_size: Optional[int] = Field(None, ge=1, description=
         "Resize the images of an image folder to this square size on reading; None keeps their sizes (which must agree).")
 

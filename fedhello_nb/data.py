@@ -19,11 +19,11 @@ from .validate import FedHelloError, check, check_int, check_number
 # %% auto #0
 __all__ = ['DEFAULT_TASK_SLOTS', 'DEFAULT_TASK_TEMPLATES', 'DEFAULT_TASK_OPENERS', 'DEFAULT_TASK_CLOSERS', 'DEFAULT_TASK_NAME',
            'DEFAULT_TASK_UNSEEN', 'SHARED_DATA_ENV', 'TABLE_FORMATS', 'TEXT_COLUMNS', 'LABEL_COLUMNS',
-           'TEST_SPLIT_NAMES', 'IMAGE_SUFFIXES', 'MEMORY_SOURCE', 'LabeledSplit', 'TaskData', 'encode_labels',
-           'default_task', 'default_task_dir', 'write_default_task', 'shared_data_dir', 'shared_data_path',
-           'read_table', 'guess_column', 'holdout_split', 'load_table_files', 'load_table_folder', 'load_hf_dataset',
-           'load_image_folder', 'load_image_arrays', 'load_data', 'PadCollator', 'TokenizedTextDataset',
-           'ImageCollator', 'ImageDataset', 'make_dataset', 'make_loader']
+           'TEST_SPLIT_NAMES', 'IMAGE_SUFFIXES', 'MEMORY_SOURCE', 'TOKEN_CACHE_ENV', 'LabeledSplit', 'TaskData',
+           'encode_labels', 'default_task', 'default_task_dir', 'write_default_task', 'shared_data_dir',
+           'shared_data_path', 'read_table', 'guess_column', 'holdout_split', 'load_table_files', 'load_table_folder',
+           'load_hf_dataset', 'load_image_folder', 'load_image_arrays', 'load_data', 'PadCollator', 'token_cache_dir',
+           'token_cache_key', 'TokenizedTextDataset', 'ImageCollator', 'ImageDataset', 'make_dataset', 'make_loader']
 
 # %% ../nbs/02_data.ipynb #5cd9b8f8
 @dataclass
@@ -746,22 +746,61 @@ class PadCollator:
         out['labels'] = torch.tensor([y for _, y in batch], dtype=torch.long)
         return out
 
+TOKEN_CACHE_ENV = 'FEDHELLO_CACHE'
+
+def token_cache_dir() -> Path:
+    "Where tokenised splits are kept: `$FEDHELLO_CACHE/tokens`, else `$XDG_CACHE_HOME/fedhello_nb/tokens` (~/.cache)."
+    root = os.environ.get(TOKEN_CACHE_ENV) or Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'fedhello_nb'
+    return Path(root).expanduser()/'tokens'
+
+def token_cache_key(tokenizer, max_length:int, texts:Sequence[str]) -> str:
+    "A hash of everything the token ids depend on: the tokenizer's whole definition, its truncation side, `max_length`, the texts."
+    be = getattr(tokenizer, 'backend_tokenizer', None)      # a fast tokenizer serialises itself completely
+    spec = be.to_str() if be is not None else json.dumps([sorted(tokenizer.get_vocab().items()), tokenizer.init_kwargs], default=str)
+    h = hashlib.sha256(json.dumps([type(tokenizer).__name__, getattr(tokenizer, 'truncation_side', 'right'), int(max_length)]).encode())
+    h.update(spec.encode())
+    for t in texts: h.update(t.encode('utf-8', 'surrogatepass') + b'\0')
+    return h.hexdigest()[:32]
+
+def _read_token_cache(path:Path, n:int) -> list|None:
+    "The cached ids of `n` texts, or None (no file, or one that does not hold `n` sequences)."
+    try:
+        with np.load(path, allow_pickle=False) as z: ids, offsets = z['ids'], z['offsets']
+    except (OSError, ValueError, KeyError): return None
+    if len(offsets) != n + 1 or offsets[-1] != len(ids): return None
+    return [ids[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+def _write_token_cache(path:Path, input_ids:list):
+    from fedhello_nb.files import atomic_write
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in input_ids])]).astype(np.int64)
+    ids = np.concatenate(input_ids).astype(np.int32) if input_ids else np.zeros(0, np.int32)
+    def write(tmp):
+        with open(tmp, 'wb') as f: np.savez(f, ids=ids, offsets=offsets)
+    try: atomic_write(path, write)
+    except OSError as e: warnings.warn(f'token cache not written ({path.parent}: {e.strerror}); tokenising again next time', stacklevel=3)
+
 class TokenizedTextDataset(torch.utils.data.Dataset):
     "A text split tokenised once (truncated to `max_length`, unpadded); items are `(token ids, label)`."
     def __init__(self,
                  split:LabeledSplit,   # a text split
                  tokenizer,            # a Hugging Face tokenizer
                  max_length:int=128,   # longest sequence, special tokens included
-                 chunk:int=2048        # texts per tokenizer call
+                 chunk:int=2048,       # texts per tokenizer call
+                 cache:str|Path|None=None # a folder of tokenised splits (`token_cache_dir()`); None tokenises every time
                 ):
         check(split.kind == 'text', 'split', split, 'expected a text split')
         self.max_length = check_int('max_length', max_length, ge=2)
         self.labels, self.label_names = split.labels, split.label_names
         texts = split.texts
-        self.input_ids = []
-        for i in range(0, len(texts), chunk):
-            enc = tokenizer(texts[i:i + chunk], truncation=True, max_length=self.max_length, padding=False)
-            self.input_ids.extend(np.asarray(ids, dtype=np.int32) for ids in enc['input_ids'])
+        path = None if cache is None else Path(cache)/f'{token_cache_key(tokenizer, self.max_length, texts)}.npz'
+        self.input_ids = _read_token_cache(path, len(texts)) if path is not None else None
+        self.cached = self.input_ids is not None          # True when the ids came from the cache
+        if not self.cached:
+            self.input_ids = []
+            for i in range(0, len(texts), chunk):
+                enc = tokenizer(texts[i:i + chunk], truncation=True, max_length=self.max_length, padding=False)
+                self.input_ids.extend(np.asarray(ids, dtype=np.int32) for ids in enc['input_ids'])
+            if path is not None: _write_token_cache(path, self.input_ids)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.collate = PadCollator(pad, 'token_type_ids' in getattr(tokenizer, 'model_input_names', ()))
 
@@ -812,12 +851,13 @@ def make_dataset(split:LabeledSplit,      # a text or image split
                  tokenizer=None,          # tokenizer for text splits
                  processor=None,          # image processor for image splits (optional)
                  max_length:int=128,      # longest token sequence for text
-                 image_size:int|None=224  # resize target for images without a processor
+                 image_size:int|None=224, # resize target for images without a processor
+                 cache:str|Path|None=None # text: a folder of tokenised splits (`token_cache_dir()`), None tokenises
                 ) -> torch.utils.data.Dataset:
     "`TokenizedTextDataset` for text, `ImageDataset` for images."
     if split.kind == 'text':
         check(tokenizer is not None, 'tokenizer', None, 'expected a tokenizer for a text split')
-        return TokenizedTextDataset(split, tokenizer, max_length)
+        return TokenizedTextDataset(split, tokenizer, max_length, cache=cache)
     return ImageDataset(split, processor, image_size)
 
 def make_loader(dataset:torch.utils.data.Dataset, # a dataset with a `collate` attribute (from `make_dataset`)

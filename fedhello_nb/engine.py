@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from .validate import FedHelloError, check, check_int, check_number, check_choice
 from .config import ExperimentConfig, TrainConfig, make_config, RANK_STRATEGIES, HIER_STRATEGIES, LADDER_STRATEGIES
-from .data import MEMORY_SOURCE, TaskData, load_data, make_dataset, make_loader
+from .data import MEMORY_SOURCE, TaskData, load_data, token_cache_dir, make_dataset, make_loader
 from .partition import partition, held_out_rows
 from .model import FedLoraModel, TINY_MODEL_NAMES, resolve_model, model_kind
 from .allocation import AllocationMap, AllocationStrategy, CapacityPlan, strategy_from_config
@@ -305,7 +305,8 @@ class Federation:
         fm.model.to(device)
         make = lambda split: make_dataset(split, tokenizer=fm.processor if task.kind == 'text' else None,
                                           processor=fm.processor if task.kind == 'image' else None,
-                                          max_length=cfg.model.max_length)
+                                          max_length=cfg.model.max_length,
+                                          cache=token_cache_dir() if d.token_cache else None)
         labels = np.asarray(task.train.labels)
         # the proxy rows leave the pool for every method, so that every strategy partitions the same rows
         with config_errors('proxy'): client_rows, proxy_rows = proxy_indices(labels, d.proxy_size, seed=tr.seed)

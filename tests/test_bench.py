@@ -40,3 +40,9 @@ def test_round_metrics_tiny(tmp_path, capsys):
     diffs = mod.main(['--compare', str(tmp_path/'a.json'), str(tmp_path/'b.json')])['rgd']
     assert [d[:3] for d in diffs] == [('rounds', 1, 'selected')]
     assert 'rgd          1 differences' in capsys.readouterr().out
+
+def test_token_cache_tiny(capsys):
+    out = load('token_cache').main(['--tiny'])
+    printed = capsys.readouterr().out
+    assert out['rows'] == 64 and out['ratio'] > 0
+    assert 'cache miss' in printed and 'cache hit' in printed and 'median no-cache / cache-hit' in printed
