@@ -36,13 +36,9 @@ def client_weight(update:ClientUpdate, weights:str='data') -> float:
     "w_k: the sample count under `data`, 1 under `uniform`."
     return float(update.num_samples) if weights == 'data' else 1.0
 
-def layerwise_average(state:dict[str, torch.Tensor],    # the current global tensors, by name
-                      updates:Sequence[ClientUpdate],   # the replies of this round (possibly none)
-                      weights:str='data'                # 'data' (w_k = n_k) or 'uniform' (w_k = 1)
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    "Eq. 3: each tensor moves by the weighted mean delta of the updates that contain it. Returns (new state, contributors per tensor)."
-    check_choice('weights', weights, AGGREGATION_WEIGHTS)
-    sums, totals, counts = {}, {}, {}
+def _contributors(state:dict[str, torch.Tensor], updates:Sequence[ClientUpdate], weights:str) -> dict[str, int]:
+    "Check every update against the global state (weight, names, shapes); the number of updates containing each tensor."
+    counts = {}
     for u in updates:
         w = client_weight(u, weights)
         if not (w > 0 and math.isfinite(w)):
@@ -53,10 +49,23 @@ def layerwise_average(state:dict[str, torch.Tensor],    # the current global ten
             if d.shape != state[name].shape:
                 raise FedHelloError(f'updates[client={u.client}].delta[{name!r}]', tuple(d.shape),
                                     f'expected shape {tuple(state[name].shape)}')
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+def layerwise_average(state:dict[str, torch.Tensor],    # the current global tensors, by name
+                      updates:Sequence[ClientUpdate],   # the replies of this round (possibly none)
+                      weights:str='data'                # 'data' (w_k = n_k) or 'uniform' (w_k = 1)
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    "Eq. 3: each tensor moves by the weighted mean delta of the updates that contain it. Returns (new state, contributors per tensor)."
+    check_choice('weights', weights, AGGREGATION_WEIGHTS)
+    counts = _contributors(state, updates, weights)
+    sums, totals = {}, {}
+    for u in updates:
+        w = client_weight(u, weights)
+        for name, d in u.delta.items():
             acc = d.detach().to(torch.float64)
             sums[name] = sums[name] + w * acc if name in sums else w * acc
             totals[name] = totals.get(name, 0.0) + w
-            counts[name] = counts.get(name, 0) + 1
     new = dict(state)
     for name, s in sums.items():
         t = state[name]
@@ -74,7 +83,7 @@ def robust_layerwise(state:dict[str, torch.Tensor],  # the current global tensor
     "Each tensor moves by the coordinate-wise median (or trimmed mean) of the changes of the clients that trained it."
     check_choice('rule', rule, ROBUST_RULES)
     trim = check_number('trim', trim, ge=0, lt=0.5)
-    _, counts = layerwise_average(state, updates)        # the same checks of names and shapes, and the contributors
+    counts = _contributors(state, updates, 'data')       # the checks of the mean: weights, names, shapes
     new = dict(state)
     for name in counts:
         d = torch.stack([u.delta[name].detach().to(torch.float64) for u in updates if name in u.delta]).sort(dim=0).values

@@ -341,7 +341,7 @@ def sweep_summary(runs:pd.DataFrame # `SweepResult.runs`: one row per run
     for m in metrics: ok[m] = pd.to_numeric(ok[m], errors='coerce')
     if 'bytes_total' in ok: ok['bytes_total'] = ok['bytes_total'] / 1e6
     if not len(ok): return pd.DataFrame(columns=[*params, 'runs', *(SUMMARY_METRICS[m] for m in metrics)])
-    g = (ok.assign(all='all') if not params else ok).groupby(params or ['all'], dropna=False, sort=False)
+    g = ok.assign(all='all').groupby(params or ['all'], dropna=False, sort=False)   # no parameters: one group
     out = g[metrics].mean().round(4).rename(columns=SUMMARY_METRICS)
     out.insert(0, 'runs', g.size())
     return out.reset_index()

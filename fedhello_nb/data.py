@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 import fedhello_nb
 from .validate import FedHelloError, check, check_int, check_number
+from .files import atomic_write
 
 # %% auto #0
 __all__ = ['DEFAULT_TASK_SLOTS', 'DEFAULT_TASK_TEMPLATES', 'DEFAULT_TASK_OPENERS', 'DEFAULT_TASK_CLOSERS', 'DEFAULT_TASK_NAME',
@@ -771,7 +772,6 @@ def _read_token_cache(path:Path, n:int) -> list|None:
     return [ids[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 def _write_token_cache(path:Path, input_ids:list):
-    from fedhello_nb.files import atomic_write
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in input_ids])]).astype(np.int64)
     ids = np.concatenate(input_ids).astype(np.int32) if input_ids else np.zeros(0, np.int32)
     def write(tmp):

@@ -488,7 +488,7 @@ def bound_update(u:ClientUpdate,
     norm = update_norm(u)
     clip = max_norm is not None and norm > max_norm
     if row is not None:
-        row['update_norm'] = norm if math.isnan(row.get('update_norm', float('nan'))) else max(row['update_norm'], norm)
+        row['update_norm'] = float(np.fmax(row.get('update_norm', np.nan), norm))   # NaN until the first reply
         row['clipped'] = row.get('clipped', 0) + int(clip)
     if not clip: return u
     scale = max_norm / norm

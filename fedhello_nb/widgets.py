@@ -360,7 +360,7 @@ class AllocationExplorer(Panel):
                       **{k: list(v) if isinstance(v, (list, tuple, np.ndarray)) else v for k, v in given.items() if v is not None}})
         check_int('round', round, ge=0); check_int('seq_len', seq_len, ge=1)
         if depth is not None: check_int('depth', depth, ge=1, le=64)
-        if custom_counts is not None: [check_number('custom_counts', x, ge=0) for x in custom_counts]
+        for x in custom_counts if custom_counts is not None else (): check_number('custom_counts', x, ge=0)
         if memory_model is not None: check_choice('memory_model', memory_model, MEMORY_PANEL_MODELS)
         if run_model is not None:
             try: model_depth(run_model)
